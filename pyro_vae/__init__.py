@@ -1,0 +1,26 @@
+"""pyro_vae: variational autoencoders as first-class Pyro probabilistic programs.
+
+A Pyro ``model(x)`` declares the prior p(z) and the likelihood p_θ(x|z); a ``guide(x)``
+declares the amortized encoder q_φ(z|x). Priors, encoders, decoders and objectives are small
+modules that swap in one line; evaluation works on any model/guide pair with a data plate.
+"""
+
+from . import data, decoders, encoders, nn, objectives, priors
+from .evaluation import LogLikelihood, bits_per_dim, log_likelihood
+from .vae import VAE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "data",
+    "decoders",
+    "encoders",
+    "nn",
+    "objectives",
+    "priors",
+    "log_likelihood",
+    "bits_per_dim",
+    "LogLikelihood",
+    "__version__",
+]

@@ -1,0 +1,133 @@
+"""Distributions that Pyro does not ship but VAEs need.
+
+* :class:`UniformMixture` — an equally weighted mixture of the ``K`` batch members of *any*
+  distribution (used by the VampPrior, whose components may be flows or low-rank Gaussians).
+* :class:`DiscretizedLogistic` — the 8-bit image likelihood of PixelCNN++ / IAF-VAE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch.distributions import constraints
+
+
+class UniformMixture(dist.TorchDistribution):
+    """Equal-weight mixture over the rightmost batch dimension of ``components``.
+
+    ``log p(z) = logsumexp_k log q_k(z) - log K``. Sampling picks a component uniformly,
+    then samples it (not reparameterized: a mixture's component choice is discrete).
+
+    Example:
+        >>> comps = dist.Normal(torch.tensor([[-1.0], [1.0]]), 1.0).to_event(1)
+        >>> UniformMixture(comps).log_prob(torch.zeros(1)).shape
+        torch.Size([])
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, components: dist.TorchDistribution, validate_args: bool | None = None):
+        if len(components.batch_shape) < 1:
+            raise ValueError("UniformMixture needs components with at least one batch dimension")
+        self.components = components
+        self.num_components = components.batch_shape[-1]
+        super().__init__(components.batch_shape[:-1], components.event_shape, validate_args=False)
+
+    @property
+    def support(self):  # type: ignore[override]
+        return self.components.support
+
+    def expand(self, batch_shape, _instance=None):  # noqa: D102
+        batch_shape = torch.Size(batch_shape)
+        comps = self.components.expand(batch_shape + (self.num_components,))
+        return UniformMixture(comps)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        # value: (..., event) -> (..., 1, event) so it broadcasts against the K components.
+        ev = len(self.event_shape)
+        v = value.unsqueeze(-1 - ev)
+        # expand explicitly: conditional flows need the full batch shape to broadcast their context
+        shape = torch.broadcast_shapes(v.shape[: v.dim() - ev], self.components.batch_shape)
+        lp = self.components.log_prob(v.expand(shape + self.event_shape))
+        return torch.logsumexp(lp, dim=-1) - math.log(self.num_components)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: D102
+        with torch.no_grad():
+            draws = self.components.sample(sample_shape)  # (*S, *B, K, *E)
+            shape = sample_shape + self.batch_shape
+            idx = torch.randint(self.num_components, shape, device=draws.device)
+            ev = len(self.event_shape)
+            idx = idx.reshape(shape + (1,) + (1,) * ev).expand(shape + (1,) + self.event_shape)
+            return draws.gather(len(shape), idx).squeeze(len(shape))
+
+    @property
+    def mean(self) -> torch.Tensor:  # noqa: D102
+        return self.components.mean.mean(-1 - len(self.event_shape))
+
+
+class DiscretizedLogistic(dist.TorchDistribution):
+    """Discretized logistic over the integers ``0..num_bins-1`` (Salimans et al. 2017).
+
+    ``P(x) = σ((x + ½ - μ)/s) - σ((x - ½ - μ)/s)``, with the lowest bin taking all mass below
+    and the highest all mass above. ``loc`` is on the integer scale.
+
+    References:
+        Salimans, Karpathy, Chen, Kingma (2017). PixelCNN++. ICLR.
+
+    Example:
+        >>> d = DiscretizedLogistic(torch.tensor([127.5]), torch.tensor([10.0]))
+        >>> float(d.log_prob(torch.tensor([128.0])).exp()) > 0.02
+        True
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    has_rsample = False
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, num_bins: int = 256, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        self.num_bins = num_bins
+        super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
+
+    @property
+    def support(self):  # type: ignore[override]
+        return constraints.integer_interval(0, self.num_bins - 1)
+
+    def expand(self, batch_shape, _instance=None):  # noqa: D102
+        batch_shape = torch.Size(batch_shape)
+        return DiscretizedLogistic(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.num_bins)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self._validate_args:
+            self._validate_sample(value)
+        inv_s = 1.0 / self.scale
+        centered = value - self.loc
+        plus = (centered + 0.5) * inv_s
+        minus = (centered - 0.5) * inv_s
+        # log(σ(a) - σ(b)) computed stably as log σ(a) + log(1 - exp(log σ(b) - log σ(a))).
+        log_cdf_plus = F.logsigmoid(plus)
+        log_one_minus_cdf_minus = -F.softplus(minus)
+        mid = log_cdf_plus + torch.log1p(-torch.exp(F.logsigmoid(minus) - log_cdf_plus).clamp(max=1 - 1e-6))
+        # Far in a tail the difference underflows: use the density at the centre times the bin width.
+        mid_pdf = plus - 0.5 * inv_s - 2.0 * F.softplus(plus - 0.5 * inv_s) + torch.log(inv_s)
+        mid = torch.where(mid > -12.0, mid, mid_pdf)
+        lo = value <= 0
+        hi = value >= self.num_bins - 1
+        return torch.where(lo, log_cdf_plus, torch.where(hi, log_one_minus_cdf_minus, mid))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: D102
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
+            x = self.loc + self.scale * (torch.log(u) - torch.log1p(-u))
+            return x.round().clamp(0, self.num_bins - 1)
+
+    @property
+    def mean(self) -> torch.Tensor:  # noqa: D102
+        return self.loc.clamp(0, self.num_bins - 1)
+
+
+__all__ = ["UniformMixture", "DiscretizedLogistic"]

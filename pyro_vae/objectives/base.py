@@ -1,0 +1,119 @@
+"""Base class of objectives: a :class:`pyro.infer.ELBO` with vectorized particles and
+per-datapoint terms under the data plate."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import pyro
+import torch
+
+from ..traces import ParticleTraces, guess_max_plate_nesting, particle_traces
+from ..vae import DATA_PLATE
+
+
+class Terms(NamedTuple):
+    """What one evaluation of an objective measured, averaged per datapoint (not scaled to N).
+
+    ``bound`` is the objective's own bound (ELBO, IWAE-K, ...) per datapoint; ``reconstruction``
+    is E_q[log p(x|z)] and ``kl`` the (analytic or Monte Carlo) KL(q(z|x) ‖ p(z)), both per
+    datapoint. All are detached scalars.
+    """
+
+    bound: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+
+class Objective(pyro.infer.ELBO):
+    """Base class of pyro_vae objectives.
+
+    Every objective is a :class:`pyro.infer.ELBO`, so ``SVI(model, guide, optim, loss=objective)``
+    works, and ``objective(model, guide)`` returns an ``nn.Module`` for torch optimizers and
+    Lightning. Particles are always vectorized: one pass for ``num_particles`` samples.
+
+    Implementing a new one:
+        Override :meth:`_loss` — given the :class:`~pyro_vae.traces.ParticleTraces` of one call,
+        return ``(loss, terms)`` where ``loss`` is the differentiable surrogate (scaled to the
+        whole data set, like Pyro's losses) and ``terms`` a :class:`Terms`. Use
+        :func:`pyro_vae.traces.log_weights` for per-datapoint ``(K, B)`` log weights. Nothing
+        else: ``loss``, ``differentiable_loss`` and ``loss_and_grads`` are shared.
+
+    After each call, :attr:`last_terms` holds the :class:`Terms` of that call.
+    """
+
+    #: does the objective need a reparameterized guide?
+    requires_rsample: bool = True
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: int | None = None,
+        plate_name: str = DATA_PLATE,
+    ) -> None:
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=float("inf") if max_plate_nesting is None else max_plate_nesting,
+            vectorize_particles=True,
+        )
+        self.plate_name = plate_name
+        self.last_terms: Terms | None = None
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def traces(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> ParticleTraces:
+        """Vectorized traces for one call (guesses ``max_plate_nesting`` on first use)."""
+        if self.max_plate_nesting == float("inf"):
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+        tr = particle_traces(
+            model, guide, args, kwargs, self.num_particles, int(self.max_plate_nesting), self.plate_name
+        )
+        if self.requires_rsample:
+            _check_reparameterized(tr, type(self).__name__)
+        return tr
+
+    def _loss(self, traces: ParticleTraces) -> tuple[torch.Tensor, Terms]:  # pragma: no cover
+        raise NotImplementedError
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The negative bound, scaled to the whole data set, differentiable in all parameters."""
+        loss, terms = self._loss(self.traces(model, guide, *args, **kwargs))
+        self.last_terms = terms
+        return loss
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The negative bound as a float (no gradients)."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """Back-propagate the surrogate loss and return its value (what ``SVI.step`` calls)."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return float(loss.detach())
+
+    def _get_trace(self, model, guide, args, kwargs):  # pyro.infer.ELBO's abstract hook
+        raise NotImplementedError("pyro_vae objectives trace through Objective.traces()")
+
+
+def _check_reparameterized(traces: ParticleTraces, who: str) -> None:
+    for site in traces.guide_trace.nodes.values():
+        if site["type"] == "sample" and not site["is_observed"] and type(site["fn"]).__name__ != "_Subsample":
+            if not getattr(site["fn"], "has_rsample", False):
+                raise ValueError(
+                    f"{who} needs reparameterized guide samples, but guide site {site['name']!r} draws from "
+                    f"{type(site['fn']).__name__}, which has no rsample. Fix: use a reparameterizable "
+                    "family (Normal, LowRankMultivariateNormal, a flow) for that site, or train with a "
+                    "score-function objective such as pyro.infer.TraceGraph_ELBO"
+                )
+
+
+def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/K) Σ_k exp(x_k) along ``dim``, stable."""
+    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
+
+
+__all__ = ["Objective", "Terms", "log_mean_exp"]
