@@ -7,6 +7,7 @@ modules that swap in one line; evaluation works on any model/guide pair with a d
 
 from . import data, decoders, encoders, nn, objectives, priors
 from .evaluation import LogLikelihood, bits_per_dim, log_likelihood
+from .train import History, fit
 from .vae import VAE
 
 __version__ = "0.1.0"
@@ -22,5 +23,7 @@ __all__ = [
     "log_likelihood",
     "bits_per_dim",
     "LogLikelihood",
+    "fit",
+    "History",
     "__version__",
 ]

@@ -107,13 +107,11 @@ class DiscretizedLogistic(dist.TorchDistribution):
         centered = value - self.loc
         plus = (centered + 0.5) * inv_s
         minus = (centered - 0.5) * inv_s
-        # log(σ(a) - σ(b)) computed stably as log σ(a) + log(1 - exp(log σ(b) - log σ(a))).
+        # σ(a) - σ(b) = σ(a) σ(-b) (1 - exp(b - a)) with b - a = -1/s: every factor is computed
+        # to float precision in log space, in the body and in both tails (no underflow, no fallback).
         log_cdf_plus = F.logsigmoid(plus)
         log_one_minus_cdf_minus = -F.softplus(minus)
-        mid = log_cdf_plus + torch.log1p(-torch.exp(F.logsigmoid(minus) - log_cdf_plus).clamp(max=1 - 1e-6))
-        # Far in a tail the difference underflows: use the density at the centre times the bin width.
-        mid_pdf = plus - 0.5 * inv_s - 2.0 * F.softplus(plus - 0.5 * inv_s) + torch.log(inv_s)
-        mid = torch.where(mid > -12.0, mid, mid_pdf)
+        mid = log_cdf_plus + F.logsigmoid(-minus) + torch.log(-torch.expm1(-inv_s))
         lo = value <= 0
         hi = value >= self.num_bins - 1
         return torch.where(lo, log_cdf_plus, torch.where(hi, log_one_minus_cdf_minus, mid))

@@ -127,7 +127,8 @@ def site_log_prob(site: dict, traces: ParticleTraces, plate_name: str = DATA_PLA
     lp = site["fn"].log_prob(site["value"])
     mask = site["mask"]
     if mask is not None and mask is not True:
-        lp = torch.where(mask, lp, lp.new_zeros(()))
+        # poutine.mask accepts a Python bool as well as a bool tensor
+        lp = torch.where(torch.as_tensor(mask, device=lp.device), lp, lp.new_zeros(()))
     n = traces.num_dims
     if lp.dim() > n:
         raise ValueError(

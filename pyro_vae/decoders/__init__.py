@@ -94,6 +94,12 @@ class Decoder(nn.Module):
                 f"{name} has shape {tuple(x.shape)} but {type(self).__name__} expects (N, {self.x_dim}); "
                 "flatten images to (N, features) or build the model with the data's x_dim"
             )
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise DataError(
+                f"{name} contains {bad} NaN or infinite values, which no likelihood can score; "
+                "drop or impute those rows first (x[torch.isfinite(x).all(dim=1)] or torch.nan_to_num(x))"
+            )
         problem = self.support_error(x)
         if problem is not None:
             raise DataError(f"{name}: {problem}")

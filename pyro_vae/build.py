@@ -1,0 +1,91 @@
+"""Build components, a VAE and an objective from a :class:`~pyro_vae.config.Config`.
+
+Each registry maps a config name to a factory; adding a component to the CLI is one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pyro.infer
+import torch
+
+from . import decoders as D
+from . import encoders as E
+from . import objectives as O
+from . import priors as P
+from .config import Config
+from .vae import VAE
+
+_Factory = Callable[..., Any]
+
+
+def _net_kwargs(c: Config, image_shape: tuple[int, ...] | None) -> dict[str, Any]:
+    return {"hidden": tuple(c.hidden), "activation": c.activation, "network": c.network, "image_shape": image_shape}
+
+
+ENCODERS: dict[str, _Factory] = {
+    "diag_normal": lambda c, x_dim, shp: E.DiagNormalEncoder(x_dim, c.latent_dim, **_net_kwargs(c, shp)),
+    "low_rank_normal": lambda c, x_dim, shp: E.LowRankNormalEncoder(x_dim, c.latent_dim, rank=c.encoder_rank, **_net_kwargs(c, shp)),
+    "iaf": lambda c, x_dim, shp: E.IAFEncoder(x_dim, c.latent_dim, num_flows=c.num_flows, **_net_kwargs(c, shp)),
+}
+
+DECODERS: dict[str, _Factory] = {
+    "bernoulli": lambda c, x_dim, shp: D.BernoulliDecoder(c.latent_dim, x_dim, **_net_kwargs(c, shp)),
+    "continuous_bernoulli": lambda c, x_dim, shp: D.ContinuousBernoulliDecoder(c.latent_dim, x_dim, **_net_kwargs(c, shp)),
+    "gaussian": lambda c, x_dim, shp: D.GaussianDecoder(
+        c.latent_dim, x_dim, scale=c.gaussian_scale if c.gaussian_scale > 0 else None, **_net_kwargs(c, shp)
+    ),
+    "discretized_logistic": lambda c, x_dim, shp: D.DiscretizedLogisticDecoder(c.latent_dim, x_dim, **_net_kwargs(c, shp)),
+    "poisson": lambda c, x_dim, shp: D.PoissonDecoder(c.latent_dim, x_dim, **_net_kwargs(c, shp)),
+    "negative_binomial": lambda c, x_dim, shp: D.NegativeBinomialDecoder(c.latent_dim, x_dim, **_net_kwargs(c, shp)),
+}
+
+
+def _vamp(c: Config, encoder: E.Encoder, init: torch.Tensor | None, unit: bool) -> P.Prior:
+    return P.VampPrior(encoder, num_pseudo_inputs=c.prior_components, init=init, unit_interval=unit)
+
+
+PRIORS: dict[str, _Factory] = {
+    "standard_normal": lambda c, enc, init, unit: P.StandardNormalPrior(c.latent_dim),
+    "diagonal_gaussian": lambda c, enc, init, unit: P.DiagonalGaussianPrior(c.latent_dim),
+    "mixture_gaussian": lambda c, enc, init, unit: P.MixtureGaussianPrior(c.latent_dim, c.prior_components),
+    "vamp": _vamp,
+    "flow": lambda c, enc, init, unit: P.FlowPrior(c.latent_dim, num_flows=c.num_flows),
+}
+
+OBJECTIVES: dict[str, _Factory] = {
+    "elbo": lambda c: O.ELBO(num_particles=c.num_particles),
+}
+
+
+def build_vae(config: Config, x_dim: int, image_shape: tuple[int, ...] | None = None,
+              train: torch.Tensor | None = None) -> VAE:
+    """Build the VAE a config describes for data with ``x_dim`` features.
+
+    ``train`` (optional) seeds the VampPrior's pseudo-inputs with training rows (fixed choice).
+    """
+    torch.manual_seed(config.seed)  # initial weights depend on the seed only
+    shape = image_shape if config.network == "conv" else None
+    encoder = ENCODERS[config.encoder](config, x_dim, shape)
+    decoder = DECODERS[config.decoder](config, x_dim, shape)
+    init = None
+    unit = config.pixel_scale == "unit"
+    if config.prior == "vamp" and train is not None:
+        g = torch.Generator().manual_seed(config.seed)
+        idx = torch.randperm(train.shape[0], generator=g)[: config.prior_components]
+        init = train[idx].float()
+        if init.shape[0] < config.prior_components:
+            init = None
+        elif unit:
+            init = init * 0.98 + 0.01
+    prior = PRIORS[config.prior](config, encoder, init, unit)
+    return VAE(encoder, decoder, prior)
+
+
+def build_objective(config: Config) -> pyro.infer.ELBO:
+    """The training objective a config names."""
+    return OBJECTIVES[config.objective](config)
+
+
+__all__ = ["ENCODERS", "DECODERS", "PRIORS", "OBJECTIVES", "build_vae", "build_objective"]

