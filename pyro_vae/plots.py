@@ -81,7 +81,9 @@ def _chw(image_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"image_shape must be (H, W) or (C, H, W) with positive sizes, got {tuple(image_shape)}")
     if shape[0] not in (1, 3):
-        raise ValueError(f"image_shape={tuple(image_shape)} has {shape[0]} channels; only 1 (grey) or 3 (RGB) can be shown")
+        raise ValueError(
+            f"image_shape={tuple(image_shape)} has {shape[0]} channels; only 1 (grey) or 3 (RGB) can be shown"
+        )
     return shape
 
 
@@ -352,11 +354,17 @@ def latent_traversal(
         z = z.reshape(-1, L).to(device, torch.get_default_dtype())
         means = vae.decoder(z).mean
     imgs = _to_images(means, image_shape, value_range)
-    fig, ax, (h, w) = _grid_axes(imgs, int(steps), f"Latent traversal: decoder means, one z dim varied (others {'0' if center is None else 'at center'})")
+    others = "0" if center is None else "at center"
+    title = f"Latent traversal: decoder means, one z dim varied (others {others})"
+    fig, ax, (h, w) = _grid_axes(imgs, int(steps), title)
     ax.set_yticks(_cell_centres(len(index), h), [f"z[{i}]" for i in index], fontsize=8)
     every = max(1, math.ceil(int(steps) / 9))
-    xt = [(c, f"{o:+.1f}σ" if o != 0 else "0") for k, (c, o) in enumerate(zip(_cell_centres(int(steps), w), offsets.tolist())) if k % every == 0]
-    ax.set_xticks([c for c, _ in xt], [s for _, s in xt], fontsize=7)
+    ticks = [
+        (c, f"{o:+.3g}σ" if o != 0 else "0")
+        for k, (c, o) in enumerate(zip(_cell_centres(int(steps), w), offsets.tolist()))
+        if k % every == 0
+    ]
+    ax.set_xticks([c for c, _ in ticks], [t for _, t in ticks], fontsize=7)
     ax.tick_params(length=0)
     return _save(fig, path)
 
@@ -412,7 +420,7 @@ def latent_scatter(
 
     fig = Figure(figsize=(6.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
-    size = float(np.clip(3000.0 / n, 2.0, 25.0))
+    size = float(np.clip(6000.0 / n, 4.0, 25.0))
     if labels is None:
         ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.7, color="tab:blue", linewidths=0)
     else:
@@ -426,7 +434,10 @@ def latent_scatter(
             names = list(class_names) if class_names is not None else None
             for k, c in enumerate(classes):
                 m = lab == c
-                name = names[int(c)] if names is not None and 0 <= int(c) < len(names) else f"{c:g}" if lab.dtype.kind == "f" else str(c)
+                if names is not None and 0 <= int(c) < len(names):
+                    name = str(names[int(c)])
+                else:
+                    name = f"{c:g}" if lab.dtype.kind == "f" else str(c)
                 ax.scatter(pts[m, 0], pts[m, 1], s=size, alpha=0.7, color=cmap(k % cmap.N), linewidths=0, label=name)
             ax.legend(title="label", markerscale=max(1.0, 20.0 / size) ** 0.5, fontsize=8, title_fontsize=8,
                       loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
@@ -560,10 +571,12 @@ def khat_plot(
     for mask, color, label in bands:
         m = int(mask.sum())
         ax.scatter(idx[mask], k[mask], s=size, color=color, alpha=0.8, linewidths=0)
-        handles.append(Line2D([], [], linestyle="", marker="o", color=color, label=f"{label}: {100 * m / n:.1f}% ({m})"))
+        share = f"{label}: {100 * m / n:.1f}% ({m})"
+        handles.append(Line2D([], [], linestyle="", marker="o", color=color, label=share))
     if not finite.all():
         m = int((~finite).sum())
-        handles.append(Line2D([], [], linestyle="", marker="x", color="grey", label=f"not finite: {100 * m / n:.1f}% ({m})"))
+        share = f"not finite: {100 * m / n:.1f}% ({m})"
+        handles.append(Line2D([], [], linestyle="", marker="x", color="grey", label=share))
     for level, color in ((0.5, "tab:orange"), (0.7, "tab:red")):
         ax.axhline(level, color=color, linestyle="--", linewidth=1)
     ax.set_xlabel("datapoint index")

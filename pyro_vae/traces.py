@@ -49,8 +49,12 @@ class ParticleTraces:
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-    """Run the pair once (no particles) and return the deepest plate nesting seen."""
-    with poutine.block():
+    """Run the pair once (no particles) and return the deepest plate nesting seen.
+
+    The run happens on a forked random stream, so guessing never shifts the caller's draws
+    (a resumed run that guesses again reproduces an uninterrupted one exactly).
+    """
+    with torch.random.fork_rng(devices=[]), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     dims = [

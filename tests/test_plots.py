@@ -91,7 +91,12 @@ def test_image_grid_without_path_writes_nothing(tmp_path, x):
 
 @pytest.mark.parametrize(
     "images, shape",
-    [(torch.rand(4, 783), SHAPE), (torch.rand(4, 784), (1, 28, 27)), (torch.rand(784), SHAPE), (torch.rand(0, 784), SHAPE)],
+    [
+        (torch.zeros(4, 783), SHAPE),  # D too small
+        (torch.zeros(4, 784), (1, 28, 27)),  # image_shape has 756 pixels
+        (torch.zeros(784), SHAPE),  # not (N, D)
+        (torch.zeros(0, 784), SHAPE),  # no images
+    ],
 )
 def test_image_grid_rejects_mismatched_shapes(images, shape):
     with pytest.raises(ValueError):
@@ -137,7 +142,7 @@ def test_latent_traversal(tmp_path, vae):
     w, h = check_png(p, fig)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["z[0]", "z[1]", "z[2]"]  # capped at latent_dim
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["-2.0σ", "-1.0σ", "0", "+1.0σ", "+2.0σ"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-2σ", "-1σ", "0", "+1σ", "+2σ"]
     assert w > h  # 3 rows x 5 columns
 
 
@@ -208,7 +213,8 @@ def test_loss_curves_from_csv(tmp_path):
 
 def test_loss_curves_from_list_skips_missing_columns(tmp_path):
     p = tmp_path / "curves1.png"
-    fig = plots.loss_curves([{"epoch": 1, "train_loss": 3.0}, {"epoch": 2, "train_loss": 2.0, "val_elbo": -2.5}], path=p)
+    history = [{"epoch": 1, "train_loss": 3.0}, {"epoch": 2, "train_loss": 2.0, "val_elbo": -2.5}]
+    fig = plots.loss_curves(history, path=p)
     check_png(p, fig)
     assert len(fig.axes) == 1
     val = fig.axes[0].get_lines()[1]

@@ -101,7 +101,7 @@ def train_step(
     loss = loss_fn(*args, **kwargs)
     if not torch.isfinite(loss):
         raise FloatingPointError(
-            f"training loss became {float(loss)}; lower the learning rate (--lr), enable gradient clipping "
+            f"training loss became {float(loss.detach())}; lower the learning rate (--lr), enable gradient clipping "
             "(--grad-clip 10), or check the data for extreme values. The last checkpoint is intact."
         )
     loss.backward()
