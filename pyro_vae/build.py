@@ -24,10 +24,15 @@ def _net_kwargs(c: Config, image_shape: tuple[int, ...] | None) -> dict[str, Any
     return {"hidden": tuple(c.hidden), "activation": c.activation, "network": c.network, "image_shape": image_shape}
 
 
+def _enc_kwargs(c: Config, image_shape: tuple[int, ...] | None) -> dict[str, Any]:
+    # 8-bit data: the likelihood scores integers, the encoder network sees [0, 1]
+    return {**_net_kwargs(c, image_shape), "input_scale": 1.0 / 255.0 if c.pixel_scale == "uint8" else 1.0}
+
+
 ENCODERS: dict[str, _Factory] = {
-    "diag_normal": lambda c, x_dim, shp: E.DiagNormalEncoder(x_dim, c.latent_dim, **_net_kwargs(c, shp)),
-    "low_rank_normal": lambda c, x_dim, shp: E.LowRankNormalEncoder(x_dim, c.latent_dim, rank=c.encoder_rank, **_net_kwargs(c, shp)),
-    "iaf": lambda c, x_dim, shp: E.IAFEncoder(x_dim, c.latent_dim, num_flows=c.num_flows, **_net_kwargs(c, shp)),
+    "diag_normal": lambda c, x_dim, shp: E.DiagNormalEncoder(x_dim, c.latent_dim, **_enc_kwargs(c, shp)),
+    "low_rank_normal": lambda c, x_dim, shp: E.LowRankNormalEncoder(x_dim, c.latent_dim, rank=c.encoder_rank, **_enc_kwargs(c, shp)),
+    "iaf": lambda c, x_dim, shp: E.IAFEncoder(x_dim, c.latent_dim, num_flows=c.num_flows, **_enc_kwargs(c, shp)),
 }
 
 DECODERS: dict[str, _Factory] = {

@@ -10,6 +10,9 @@ Which one should I use?
 * :class:`IAFEncoder` — a diagonal Normal followed by conditional inverse autoregressive
   flows (Kingma et al. 2016): flexible, non-Gaussian posteriors; Monte Carlo KL.
 
+All take ``input_scale``: the network sees ``x * input_scale`` (use ``1/255`` for 8-bit
+integer pixels, so the likelihood scores raw counts while the network sees [0, 1]).
+
 Implementing a new one:
     Subclass :class:`Encoder`, call ``super().__init__(x_dim, latent_dim)`` and override
     :meth:`Encoder.forward`. Shape checks live in :meth:`Encoder.check`; reuse
@@ -71,13 +74,15 @@ class _GaussianHeads(Encoder):
         network: str,
         image_shape: Sequence[int] | None,
         extra: int,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__(x_dim, latent_dim)
         self.hidden = tuple(hidden)
+        self.input_scale = float(input_scale)
         self.net = backbone(network, self.x_dim, 2 * self.latent_dim + extra, self.hidden, act, image_shape, "encode")
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.net(x)
+        out = self.net(x if self.input_scale == 1.0 else x * self.input_scale)
         d = self.latent_dim
         return out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
 
@@ -99,8 +104,9 @@ class DiagNormalEncoder(_GaussianHeads):
         activation: Activation = "softplus",
         network: str = "mlp",
         image_shape: Sequence[int] | None = None,
+        input_scale: float = 1.0,
     ) -> None:
-        super().__init__(x_dim, latent_dim, hidden, activation, network, image_shape, extra=0)
+        super().__init__(x_dim, latent_dim, hidden, activation, network, image_shape, extra=0, input_scale=input_scale)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:  # noqa: D102
         loc, log_scale, _ = self._heads(x)
@@ -119,11 +125,13 @@ class LowRankNormalEncoder(_GaussianHeads):
         activation: Activation = "softplus",
         network: str = "mlp",
         image_shape: Sequence[int] | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         self.rank = int(rank)
-        super().__init__(x_dim, latent_dim, hidden, activation, network, image_shape, extra=latent_dim * rank)
+        super().__init__(x_dim, latent_dim, hidden, activation, network, image_shape, extra=latent_dim * rank,
+                         input_scale=input_scale)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:  # noqa: D102
         loc, log_scale, w = self._heads(x)
@@ -155,10 +163,12 @@ class IAFEncoder(_GaussianHeads):
         num_flows: int = 2,
         context_dim: int = 32,
         flow_hidden: Sequence[int] | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         if num_flows < 1:
             raise ValueError(f"num_flows must be >= 1, got {num_flows}")
-        super().__init__(x_dim, latent_dim, hidden, activation, network, image_shape, extra=context_dim)
+        super().__init__(x_dim, latent_dim, hidden, activation, network, image_shape, extra=context_dim,
+                         input_scale=input_scale)
         fh = list(flow_hidden) if flow_hidden is not None else [max(2 * latent_dim, 16)]
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(0)  # deterministic MADE masks

@@ -172,6 +172,11 @@ class FlowPrior(Prior):
 
     def forward(self) -> dist.TorchDistribution:  # noqa: D102
         base = dist.Normal(self.loc, self.scale).to_event(1)
+        for f in self.flows:
+            # The transforms cache their last (input, output) pair keyed on tensor identity; it was
+            # computed with the parameters of an earlier call (stale after an optimizer step or
+            # load_state_dict, and its graph may be freed), so each distribution starts empty.
+            f._cached_x_y = (None, None)
         # .inv: each MADE evaluates the density direction in one pass.
         return dist.TransformedDistribution(base, [f.inv for f in self.flows])
 
