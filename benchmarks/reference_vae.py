@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: D103
                    help="markdown of the comparison; the JSON goes next to it with a .json suffix")
     p.add_argument("--run-dir", type=str, default=None,
                    help="run directory of the library run (default: a temporary directory, deleted afterwards)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for both runs (default: torch's choice, usually the core count)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -387,8 +389,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--train-limit must be >= 1, got {ns.train_limit}")
     if ns.compare and (ns.train_limit is not None or ns.batch_size != 128 or ns.lr != 1e-3):
         raise SystemExit("--compare trains the library's default run: drop --train-limit, --batch-size and --lr")
+    if ns.threads is not None and ns.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {ns.threads}")
     progress = not ns.no_progress
+    threads_before = torch.get_num_threads()
+    if ns.threads is not None:
+        torch.set_num_threads(ns.threads)
+    try:
+        return _main(ns, progress)
+    finally:
+        torch.set_num_threads(threads_before)
 
+
+def _main(ns: argparse.Namespace, progress: bool) -> dict[str, Any]:
     ref = run_reference(epochs=ns.epochs, eval_samples=ns.eval_samples, seed=ns.seed, batch_size=ns.batch_size,
                         lr=ns.lr, train_limit=ns.train_limit, progress=progress)
     ref["machine"] = machine()

@@ -61,6 +61,13 @@ PRIORS: dict[str, _Factory] = {
 
 OBJECTIVES: dict[str, _Factory] = {
     "elbo": lambda c: O.ELBO(num_particles=c.num_particles),
+    "iwae": lambda c: O.IWAE(num_particles=c.num_particles),
+    "iwae_stl": lambda c: O.IWAE(num_particles=c.num_particles, gradient="stl"),
+    "dreg": lambda c: O.IWAE(num_particles=c.num_particles, gradient="dreg"),
+    "renyi": lambda c: O.RenyiBound(alpha=c.renyi_alpha, num_particles=c.num_particles),
+    "miwae": lambda c: O.MIWAE(num_outer=c.num_outer, num_inner=c.num_particles),
+    "ciwae": lambda c: O.CIWAE(beta=c.ciwae_beta, num_particles=c.num_particles),
+    "piwae": lambda c: O.PIWAE(num_outer=c.num_outer, num_inner=c.num_particles, encoder_gradient="dreg"),
 }
 
 
@@ -89,8 +96,15 @@ def build_vae(config: Config, x_dim: int, image_shape: tuple[int, ...] | None = 
 
 
 def build_objective(config: Config) -> pyro.infer.ELBO:
-    """The training objective a config names."""
-    return OBJECTIVES[config.objective](config)
+    """The training objective a config names, wrapped in β / warm-up / free bits when asked."""
+    objective = OBJECTIVES[config.objective](config)
+    if config.free_bits > 0:
+        objective = O.FreeBits(objective, config.free_bits)
+    if config.kl_warmup_steps > 0:
+        objective = O.KLWarmup(objective, config.kl_warmup_steps, beta_end=config.kl_beta)
+    elif config.kl_beta != 1.0:
+        objective = O.BetaVAE(objective, config.kl_beta)
+    return objective
 
 
 __all__ = ["ENCODERS", "DECODERS", "PRIORS", "OBJECTIVES", "build_vae", "build_objective"]

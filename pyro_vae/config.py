@@ -47,8 +47,14 @@ class Config:
     prior: str = "standard_normal"  # standard_normal | diagonal_gaussian | mixture_gaussian | vamp | flow
     prior_components: int = 10  # mixture_gaussian: components; vamp: pseudo-inputs
     # ---- objective ----
-    objective: str = "elbo"  # elbo (closed-form KL where registered) or another registered objective
-    num_particles: int = 1  # samples of z per datapoint in the training objective
+    objective: str = "elbo"  # elbo | iwae | iwae_stl | dreg | renyi | miwae | ciwae | piwae
+    num_particles: int = 1  # K: samples of z per datapoint (per inner bound for miwae/piwae)
+    num_outer: int = 1  # M: outer averages of miwae / piwae (total particles M*K)
+    renyi_alpha: float = 0.5  # renyi: the order alpha (0 = IWAE, -> 1 = ELBO; 1 itself is refused)
+    ciwae_beta: float = 0.5  # ciwae: weight of the ELBO in beta*ELBO + (1-beta)*IWAE
+    kl_beta: float = 1.0  # beta-VAE weight on log p(z) - log q(z|x) (1 = the bound itself)
+    kl_warmup_steps: int = 0  # linear KL warm-up from 0 to kl_beta over this many steps; 0 = off
+    free_bits: float = 0.0  # free bits per latent dimension (Kingma et al. 2016); 0 = off
     # ---- training ----
     epochs: int = 50  # passes over the training set
     batch_size: int = 128  # minibatch size
@@ -87,7 +93,7 @@ class Config:
         choice("objective", build.OBJECTIVES)
         choice("optimizer", ("adam", "adamw", "sgd"))
         choice("lr_schedule", ("none", "cosine", "step", "plateau"))
-        positive = ("latent_dim", "encoder_rank", "num_flows", "prior_components", "num_particles", "epochs",
+        positive = ("latent_dim", "encoder_rank", "num_flows", "prior_components", "num_particles", "num_outer", "epochs",
                     "batch_size", "eval_samples", "eval_memory_mb")
         for key in positive:
             if getattr(self, key) < 1:
@@ -97,7 +103,13 @@ class Config:
         for key in ("lr",):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("weight_decay", "grad_clip", "gaussian_scale", "patience"):
+        if self.objective == "renyi" and self.renyi_alpha == 1.0:
+            raise ConfigError("renyi_alpha = 1 is the ELBO's limit, not a Renyi bound; use objective = 'elbo'")
+        if not 0.0 <= self.ciwae_beta <= 1.0:
+            raise ConfigError(f"ciwae_beta must lie in [0, 1], got {self.ciwae_beta}")
+        if self.num_outer > 1 and self.objective not in ("miwae", "piwae"):
+            raise ConfigError(f"num_outer = {self.num_outer} only applies to objective = 'miwae' or 'piwae'")
+        for key in ("weight_decay", "grad_clip", "gaussian_scale", "patience", "kl_beta", "kl_warmup_steps", "free_bits"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.binarize != "none" and self.pixel_scale != "unit":

@@ -112,3 +112,29 @@ def test_every_component_swaps_into_the_default_run_by_a_config_key(tmp_path, sw
 def test_console_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "pyro_vae", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "train" in res.stdout and "evaluate" in res.stdout
+
+
+OBJECTIVE_SWAPS = [
+    {"objective": "iwae", "num_particles": 3},
+    {"objective": "iwae_stl", "num_particles": 3},
+    {"objective": "dreg", "num_particles": 3},
+    {"objective": "renyi", "num_particles": 3, "renyi_alpha": 0.5},
+    {"objective": "miwae", "num_particles": 2, "num_outer": 2},
+    {"objective": "ciwae", "num_particles": 3},
+    {"objective": "piwae", "num_particles": 2, "num_outer": 2},
+    {"kl_beta": 0.5},
+    {"kl_warmup_steps": 10},
+    {"free_bits": 0.1},
+]
+
+
+@pytest.mark.parametrize("swap", OBJECTIVE_SWAPS, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_every_objective_swaps_in_by_a_config_key(tmp_path, swap):
+    from pyro_vae.build import build_objective
+
+    config = load_config(None, {"run_dir": str(tmp_path / "run"), "epochs": 1, "hidden": [16], "latent_dim": 3,
+                                "eval_samples": 4, "batch_size": 500, **swap})
+    summary = train_run(config, progress=False, figures=False, log=lambda *_: None)
+    assert math.isfinite(summary.test_elbo) and math.isfinite(summary.test_log_likelihood)
+    obj = build_objective(config)
+    assert obj.num_particles == swap.get("num_particles", 1) * swap.get("num_outer", 1)

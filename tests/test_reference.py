@@ -10,6 +10,15 @@ from benchmarks import reference_vae as ref
 from pyro_vae.data import load_dataset
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a loaded machine two threads can wait on each other for whole time slices."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _finite_numbers(d):
     for k, v in d.items():
         if isinstance(v, dict):

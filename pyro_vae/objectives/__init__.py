@@ -1,7 +1,12 @@
 """Objectives: bounds on log p(x) as :class:`pyro.infer.ELBO` subclasses.
 
 Which one should I use? :class:`ELBO` (closed-form KL when available) is the default and the
-cheapest. See ``docs/objectives.md`` for the importance-weighted family.
+cheapest. :class:`IWAE` tightens the bound with K particles combined per datapoint; train its
+encoder with ``gradient="dreg"`` (or use :class:`PIWAE`), whose encoder gradient does not lose
+its signal as K grows. :class:`RenyiBound` interpolates between IWAE (α = 0) and the ELBO
+(α → 1). :class:`MIWAE` and :class:`CIWAE` are the other bounds of Rainforth et al. (2018).
+:class:`BetaVAE`, :class:`KLWarmup` and :class:`FreeBits` wrap any of them to reweight the KL.
+See ``docs/objectives.md`` for the importance-weighted family.
 
 Every objective works three ways::
 
@@ -12,5 +17,24 @@ Every objective works three ways::
 
 from .base import Objective, Terms, log_mean_exp
 from .elbo import ELBO
+from .iwae import CIWAE, IWAE, MIWAE, PIWAE, ImportanceObjective
+from .renyi import RenyiBound
+from .weighting import BetaVAE, FreeBits, KLWarmup, ObjectiveWrapper, scale_latents
 
-__all__ = ["Objective", "Terms", "ELBO", "log_mean_exp"]
+__all__ = [
+    "Objective",
+    "Terms",
+    "ELBO",
+    "log_mean_exp",
+    "ImportanceObjective",
+    "IWAE",
+    "MIWAE",
+    "CIWAE",
+    "PIWAE",
+    "RenyiBound",
+    "ObjectiveWrapper",
+    "BetaVAE",
+    "KLWarmup",
+    "FreeBits",
+    "scale_latents",
+]

@@ -59,6 +59,9 @@ class Objective(pyro.infer.ELBO):
             max_plate_nesting=float("inf") if max_plate_nesting is None else max_plate_nesting,
             vectorize_particles=True,
         )
+        # pyro.infer.ELBO adds 1 to a given max_plate_nesting for its own particle plate when
+        # num_particles > 1; ours is added in particle_traces, so keep the user's value.
+        self.max_plate_nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
         self.plate_name = plate_name
         self.last_terms: Terms | None = None
 

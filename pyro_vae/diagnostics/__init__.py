@@ -1,0 +1,1 @@
+from .importance import *  # noqa  (temporary during development)
