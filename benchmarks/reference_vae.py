@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -321,8 +322,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
         f"closed-form KL, scaled by N/B), Adam lr {ref['lr']:g}, batch {ref['batch_size']}, {ref['epochs']} epoch{'s' if ref['epochs'] != 1 else ''}, "
         f"seed {ref['seed']}. log p(x) is importance-sampled with K = {ref['eval_samples']} per test digit; "
         "± is the standard error over the 500 test digits (it is dominated by the spread between digits, "
-        "which both rows share). Reproduce with "
-        "`python -m benchmarks.reference_vae --compare`.",
+        f"which both rows share). Reproduce with `{result.get('command', 'python -m benchmarks.reference_vae --compare')}`.",
         "",
         "| model | test ELBO (nats) | test log p(x) (nats) | train seconds |",
         "|---|---:|---:|---:|",
@@ -335,7 +335,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
         f"({result['difference_elbo_nats']:+.2f} nats in test ELBO); "
         f"within 1 nat: **{'yes' if result['within_1_nat'] else 'no'}**.",
         "",
-        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} cores ({m['torch_threads']} torch threads; "
+        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} cores ({m['torch_threads']} torch thread{'s' if m['torch_threads'] != 1 else ''}; "
         "shared with other jobs, so the seconds are noisy). "
         f"Python {m['python']}, torch {m['torch']}, pyro-ppl {m['pyro']}. Date: {m['date']}.",
         "",
@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: D103
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the reference (and, with ``--compare``, the library); print and write the results."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(argv)
+    ns.command = shlex.join(["python", "-m", "benchmarks.reference_vae", *argv])
     for key in ("epochs", "eval_samples", "batch_size"):
         if getattr(ns, key) < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1, got {getattr(ns, key)}")
@@ -405,6 +407,7 @@ def _main(ns: argparse.Namespace, progress: bool) -> dict[str, Any]:
     ref = run_reference(epochs=ns.epochs, eval_samples=ns.eval_samples, seed=ns.seed, batch_size=ns.batch_size,
                         lr=ns.lr, train_limit=ns.train_limit, progress=progress)
     ref["machine"] = machine()
+    ref["command"] = ns.command
     if not _finite(ref):
         raise FloatingPointError(f"non-finite numbers in the reference run: {ref}")
     _write(ns.out, json.dumps(ref, indent=2) + "\n")
@@ -426,6 +429,7 @@ def _main(ns: argparse.Namespace, progress: bool) -> dict[str, Any]:
         "difference_elbo_nats": lib["test_elbo"] - ref["test_elbo"],
         "within_1_nat": abs(diff) <= 1.0,
         "machine": ref["machine"],
+        "command": ns.command,
     }
     md_path = ns.compare_out
     json_path = md_path.with_suffix(".json")

@@ -71,6 +71,13 @@ class MLP(nn.Sequential):
         self.in_dim = in_dim
         self.out_dim = out_dim
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.dim() == 2:
+            return super().forward(x)
+        # fold leading (particle, batch) dims: 2-D matmuls take the faster addmm kernels
+        lead = x.shape[:-1]
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, self.out_dim)
+
 
 def _flatten_leading(x: torch.Tensor, n_tail: int) -> tuple[torch.Tensor, torch.Size]:
     lead = x.shape[: x.dim() - n_tail]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # deterministic and immune to oversubscription on shared cores
 
 
 @pytest.fixture(autouse=True)

@@ -267,6 +267,11 @@ def test_encoder_contract(factory, tmp_path):
     enc(x).rsample((3,)).pow(2).sum().backward()
     _assert_all_grads(enc, f"{type(enc).__name__}.rsample")
 
+    # a parameter update is seen by the next forward() at the very same (x, z)
+    before = enc(x).log_prob(z_fixed).detach()
+    _perturb(enc, seed=11)
+    assert not torch.allclose(before, enc(x).log_prob(z_fixed).detach())
+
     # a normalized density at two datapoints
     _perturb(enc, seed=7)
     log_z, se = _log_normalizer(enc(torch.rand(2, enc.x_dim)))

@@ -38,6 +38,7 @@ def test_main_writes_json(tmp_path):
     assert stored["epochs"] == 1 and stored["seed"] == 0 and stored["eval_samples"] == 20
     assert stored["train_rows"] == 256 and stored["test_rows"] == 500
     assert stored["torch_version"] == torch.__version__
+    assert stored["command"].startswith("python -m benchmarks.reference_vae --epochs 1")
     _finite_numbers(stored)
     # the IS estimate is a (stochastic) lower bound no worse than the ELBO on average
     assert stored["test_log_likelihood"] >= stored["test_elbo"] - 1.0

@@ -8,6 +8,7 @@ from typing import Any, Callable, NamedTuple
 
 import pyro
 import torch
+from pyro.poutine.runtime import am_i_wrapped
 
 from ..traces import ParticleTraces, guess_max_plate_nesting, particle_traces
 from ..vae import DATA_PLATE
@@ -45,6 +46,8 @@ class Objective(pyro.infer.ELBO):
 
     #: does the objective need a reparameterized guide?
     requires_rsample: bool = True
+    #: use :meth:`_fast_loss` for plain VAEs outside Pyro handlers (same numbers, no tracing)
+    use_fast_path: bool = True
 
     def __init__(
         self,
@@ -80,8 +83,33 @@ class Objective(pyro.infer.ELBO):
     def _loss(self, traces: ParticleTraces) -> tuple[torch.Tensor, Terms]:  # pragma: no cover
         raise NotImplementedError
 
+    def _fast_loss(self, vae: Any, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
+        """Optional fast path for a plain :class:`~pyro_vae.VAE` (override; ``None`` = trace).
+
+        Must return exactly what :meth:`_loss` returns on the traces of ``vae.model`` /
+        ``vae.guide``, drawing the same random numbers in the same order (tests check both).
+        """
+        return None
+
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The negative bound, scaled to the whole data set, differentiable in all parameters."""
+        """The negative bound, scaled to the whole data set, differentiable in all parameters.
+
+        For a plain :class:`~pyro_vae.VAE` called outside any Pyro handler, objectives with a
+        fast path skip tracing: the program's structure is fixed (one latent site ``z`` in the
+        ``data`` plate, one observed site ``x``), so the components are called directly. Inside
+        handlers (``SVI``, ``poutine.*``), for subclasses that override ``model``/``guide``, and
+        for hand-written programs, the traced path runs. Set ``use_fast_path = False`` to
+        always trace.
+        """
+        if self.use_fast_path:
+            vae = plain_vae(model, guide)
+            if vae is not None:
+                call = _vae_call(args, kwargs)
+                if call is not None:
+                    out = self._fast_loss(vae, *call)
+                    if out is not None:
+                        self.last_terms = out[1]
+                        return out[0]
         loss, terms = self._loss(self.traces(model, guide, *args, **kwargs))
         self.last_terms = terms
         return loss
@@ -100,6 +128,31 @@ class Objective(pyro.infer.ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):  # pyro.infer.ELBO's abstract hook
         raise NotImplementedError("pyro_vae objectives trace through Objective.traces()")
+
+
+def plain_vae(model: Callable, guide: Callable) -> Any:
+    """The :class:`~pyro_vae.VAE` whose unmodified ``model``/``guide`` these are, outside any
+    Pyro handler; else ``None`` (then the program must be traced)."""
+    from ..vae import VAE
+
+    owner = getattr(model, "__self__", None)
+    if (
+        isinstance(owner, VAE)
+        and getattr(guide, "__self__", None) is owner
+        and getattr(model, "__func__", None) is VAE.model
+        and getattr(guide, "__func__", None) is VAE.guide
+        and not am_i_wrapped()
+    ):
+        return owner
+    return None
+
+
+def _vae_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, int | None] | None:
+    if len(args) == 1 and set(kwargs) <= {"num_data"}:
+        return args[0], kwargs.get("num_data")
+    if len(args) == 2 and not kwargs:
+        return args[0], args[1]
+    return None
 
 
 def _check_reparameterized(traces: ParticleTraces, who: str) -> None:

@@ -65,6 +65,35 @@ class ELBO(Objective):
         self.kl_sites[name] = "analytic"
         return kl
 
+    def _fast_loss(self, vae, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
+        """The same bound as the traced path for a plain VAE, without tracing (same draws)."""
+        K, B = self.num_particles, x.shape[0]
+        if num_data is not None and num_data < B:
+            return None  # let the traced path raise its error
+        scale = 1.0 if num_data is None else num_data / B
+        q = vae.encoder(x)
+        z = q.rsample((K,))  # the same draws as pyro.sample under a K-particle plate
+        rec = vae.decoder(z).log_prob(x)  # (K, B)
+        prior = vae.prior()
+        kl = None
+        if self.analytic_kl and self.kl_sites.get("z") != "monte carlo":
+            kl = self._kl({"name": "z", "fn": q}, {"name": "z", "fn": prior})
+        if kl is None:
+            self.kl_sites.setdefault("z", "monte carlo")
+            kl = q.log_prob(z) - prior.log_prob(z)  # (K, B)
+            kl_sum = kl.sum() / K
+        else:
+            kl_sum = kl.sum()
+        rec_sum = rec.sum() / K
+        bound_sum = scale * (rec_sum - kl_sum)
+        n_total = scale * B
+        terms = Terms(
+            bound=(bound_sum / n_total).detach(),
+            reconstruction=(rec_sum / B).detach(),
+            kl=(kl_sum / B).detach(),
+        )
+        return -bound_sum, terms
+
     def _loss(self, traces: ParticleTraces) -> tuple[torch.Tensor, Terms]:
         K = traces.num_particles
         mt, gt = traces.model_trace, traces.guide_trace
