@@ -70,7 +70,8 @@ class _StickingTheLanding(dist.TorchDistribution):
         return self.live.support
 
     def expand(self, batch_shape, _instance=None):  # noqa: D102
-        return _StickingTheLanding(self.live.expand(batch_shape), self.frozen.expand(batch_shape))
+        with torch.enable_grad():  # plates broadcast inside the guide's no_grad block
+            return _StickingTheLanding(self.live.expand(batch_shape), self.frozen.expand(batch_shape))
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: D102
         with torch.enable_grad():  # the guide body runs under no_grad; the draw must not
@@ -136,7 +137,8 @@ class GaussianSite:
         return dist.LowRankMultivariateNormal(p[0], p[1], p[2].exp())
 
     def distribution(self) -> dist.TorchDistribution:
-        return _StickingTheLanding(self.build(), self.build(detach=True))
+        with torch.enable_grad():  # called from inside the guide, which runs under no_grad
+            return _StickingTheLanding(self.build(), self.build(detach=True))
 
     def rows(self, lo: int, hi: int) -> "GaussianSite":
         """The same site for datapoints ``lo:hi`` (the data dim is the first batch dim)."""
