@@ -5,8 +5,9 @@ declares the amortized encoder q_φ(z|x). Priors, encoders, decoders and objecti
 modules that swap in one line; evaluation works on any model/guide pair with a data plate.
 """
 
-from . import data, decoders, encoders, nn, objectives, priors
+from . import data, decoders, diagnostics, encoders, nn, objectives, priors
 from .evaluation import LogLikelihood, bits_per_dim, log_likelihood
+from .diagnostics import to_inference_data
 from .train import History, fit
 from .vae import VAE
 
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE",
     "data",
+    "diagnostics",
+    "to_inference_data",
     "decoders",
     "encoders",
     "nn",

@@ -550,20 +550,25 @@ def khat_plot(
 
     Points are coloured by band — k̂ ≤ 0.5 (good: importance weights have finite variance),
     0.5 < k̂ ≤ 0.7 (ok), k̂ > 0.7 (unreliable: the guide misses mass of the posterior) — and
-    the legend gives each band's share of the datapoints. Non-finite values are not drawn but
-    are counted in the legend.
+    the legend gives each band's share of the datapoints. k̂ = −inf (constant weights: the
+    guide is exact there) counts as good and k̂ = +inf (infinite weights) as bad; both are drawn
+    clipped to the plot's edge. NaN values are not drawn but are counted in the legend.
     """
     k = np.asarray(torch.as_tensor(khat).detach().cpu(), dtype=float).reshape(-1)
     if k.size == 0:
         raise ValueError("khat is empty: pass one Pareto k̂ per datapoint")
     n = k.size
     idx = np.arange(n)
-    finite = np.isfinite(k)
+    finite = ~np.isnan(k)
     bands = (
         (finite & (k <= 0.5), "tab:green", r"$\hat{k} \leq 0.5$ (good)"),
         (finite & (k > 0.5) & (k <= 0.7), "tab:orange", r"$0.5 < \hat{k} \leq 0.7$ (ok)"),
         (finite & (k > 0.7), "tab:red", r"$\hat{k} > 0.7$ (bad)"),
     )
+    real = k[np.isfinite(k)]
+    lo = min(float(real.min()) if real.size else 0.0, 0.0) - 0.1
+    hi = max(float(real.max()) if real.size else 1.0, 1.0) + 0.1
+    k = np.clip(k, lo, hi)  # ±inf drawn at the edges
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.add_subplot()
     size = float(np.clip(3000.0 / n, 3.0, 25.0))
@@ -575,7 +580,7 @@ def khat_plot(
         handles.append(Line2D([], [], linestyle="", marker="o", color=color, label=share))
     if not finite.all():
         m = int((~finite).sum())
-        share = f"not finite: {100 * m / n:.1f}% ({m})"
+        share = f"NaN: {100 * m / n:.1f}% ({m})"
         handles.append(Line2D([], [], linestyle="", marker="x", color="grey", label=share))
     for level, color in ((0.5, "tab:orange"), (0.7, "tab:red")):
         ax.axhline(level, color=color, linestyle="--", linewidth=1)

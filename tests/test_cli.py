@@ -45,6 +45,10 @@ def test_train_writes_a_complete_run_and_the_other_commands_use_it(tmp_path, cap
     assert (tmp_path / "s.png").is_file()
     assert main(["reconstruct", str(run), "--num", "5"]) == 0
     assert (run / "reconstructions_test.png").is_file()
+    assert main(["diagnose", str(run), "--samples", "100", "--num-points", "6", "--gap-steps", "5",
+                 "--sbc-simulations", "30", "--no-progress"]) == 0
+    assert (run / "diagnostics" / "report.md").is_file()
+    assert "k̂" in capsys.readouterr().out
 
     # a second train into the same directory is refused and leaves the run untouched
     before = (run / "model.pt").read_bytes()

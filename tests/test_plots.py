@@ -234,14 +234,15 @@ def test_loss_curves_raises_on_empty(tmp_path):
 
 # -- k-hat ----------------------------------------------------------------------------------
 def test_khat_plot(tmp_path):
-    k = np.array([0.1, 0.2, 0.3, 0.6, 0.65, 0.9, 1.2, 0.4, 0.45, np.inf])
+    k = np.array([0.1, 0.2, 0.3, 0.6, 0.65, 0.9, 1.2, 0.4, -np.inf, np.inf, np.nan])
     p = tmp_path / "khat.png"
     fig = plots.khat_plot(torch.as_tensor(k), path=p)
     check_png(p, fig)
     ax = fig.axes[0]
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert texts[0].endswith("50.0% (5)") and texts[1].endswith("20.0% (2)") and texts[2].endswith("20.0% (2)")
-    assert texts[3] == "not finite: 10.0% (1)"
+    # -inf (exact guide: constant weights) is good, +inf bad, NaN counted apart
+    assert texts[0].endswith("(5)") and texts[1].endswith("(2)") and texts[2].endswith("(3)")
+    assert texts[3] == "NaN: 9.1% (1)"
     levels = sorted(line.get_ydata()[0] for line in ax.get_lines())
     assert levels == [0.5, 0.7]
     with pytest.raises(ValueError):

@@ -1,4 +1,5 @@
-"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``sample``, ``reconstruct``.
+"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``diagnose``,
+``compare``.
 
 Every config key is also a flag (``latent_dim`` -> ``--latent-dim``); flags override the
 ``--config`` TOML file, which overrides the defaults. Errors in input are reported in one line
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", type=Path)
     r.add_argument("--num", type=int, default=10)
     r.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN_DIR/reconstructions_test.png)")
+
+    from . import compare, diagnose
+
+    diagnose.add_parser(sub)
+    compare.add_parser(sub)
     return parser
 
 
@@ -158,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..train import CheckpointError
 
     try:
-        return _COMMANDS[ns.command](ns)
+        command = _COMMANDS.get(ns.command) or ns.func
+        return command(ns)
     except (ConfigError, DataError, CheckpointError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
         print(f"pyro-vae {ns.command}: error: {e}", file=sys.stderr)
         return 2

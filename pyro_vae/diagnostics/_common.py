@@ -12,7 +12,6 @@ sites must sit in the data plate (``pyro.plate("data", len(x_chunk))`` by defaul
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -24,7 +23,6 @@ from pyro.poutine.util import site_is_subsample
 
 from ..evaluation.log_likelihood import plan_chunks
 from ..traces import PARTICLE_PLATE, PlateError, guess_max_plate_nesting
-from ..vae import DATA_PLATE
 
 #: default working-memory budget of one chunk, bytes (the same default as ``log_likelihood``)
 DEFAULT_MEMORY_BUDGET = float(1 << 30)
@@ -268,7 +266,3 @@ def index_list(mask: torch.Tensor, limit: int = 10) -> str:
 
 def warn(message: str, category: type[Warning] = DiagnosticWarning, stacklevel: int = 3) -> None:
     warnings.warn(message, category, stacklevel=stacklevel)
-
-
-def logmeanexp(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])

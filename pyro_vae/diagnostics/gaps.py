@@ -319,9 +319,12 @@ def inference_gaps(
     1. the guide's distributions on ``x`` give initial per-datapoint parameters (loc and
        log-scale; loc, strictly-lower triangle and log-diagonal of ``scale_tril``; or loc,
        covariance factor and log-diagonal);
-    2. Adam (learning rate ``lr``, cosine-decayed to lr/10) maximises Σ_i ELBO_i with
+    2. Adam (learning rate ``lr``, cosine-decayed to 0) maximises Σ_i ELBO_i with
        ``num_particles`` draws per datapoint for ``num_steps`` steps — datapoints are
-       independent, so this is N separate optimisations run as one vectorized problem;
+       independent, so this is N separate optimisations run as one vectorized problem.
+       The decay matters: near the optimum the STL gradient is almost noise-free and Adam,
+       being scale-free, would otherwise keep stepping by ~``lr``; with too few steps
+       (well under ~100) the refined ELBO can sit a little below the optimum;
     3. ``num_samples`` draws per datapoint evaluate the amortized and the refined ELBO, and
        log p(x) by importance sampling with the refined guide as proposal.
 
@@ -335,8 +338,8 @@ def inference_gaps(
     Example:
         >>> from pyro_vae.testing import LinearGaussian
         >>> lg = LinearGaussian(x_dim=5, latent_dim=2)
-        >>> g = inference_gaps(lg.model, lg.exact_guide, lg.sample(3), num_steps=5, num_samples=100)
-        >>> abs(g.mean_amortization_gap[0]) < 1e-6
+        >>> g = inference_gaps(lg.model, lg.exact_guide, lg.sample(3), num_steps=100, num_samples=100)  # exact: no gap
+        >>> abs(g.mean_amortization_gap[0]) < 1e-3 and abs(g.mean_approximation_gap[0]) < 1e-3
         True
 
     References:
@@ -367,7 +370,7 @@ def inference_gaps(
         families.update({name: s.family for name, s in refined.sites.items()})
         params = refined.parameters()
         opt = torch.optim.Adam(params, lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(num_steps, 1), eta_min=lr / 10)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(num_steps, 1), eta_min=0.0)
         for step in range(num_steps):
             tr = particle_traces(pair.model, refined, pair.call_args(xb), pair.kwargs, num_particles,
                                  pair.max_plate_nesting, pair.plate_name)

@@ -111,12 +111,18 @@ def _khat_one(top: torch.Tensor) -> float:
     return float(_gpdfit_rows(exc.unsqueeze(0))[0])
 
 
-def khat_from_top(top: torch.Tensor, memory_budget: float = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+#: weights whose M + 1 largest agree to within this many units of rounding are constant
+_CONSTANT_ULPS = 64
+
+
+def khat_from_top(top: torch.Tensor, memory_budget: float = DEFAULT_MEMORY_BUDGET,
+                  eps: float = torch.finfo(torch.float64).eps) -> torch.Tensor:
     """k̂ per row from the M + 1 largest log weights of each row, sorted descending, ``(N, M + 1)``.
 
     Conventions (no NaN): a row with an infinite weight, or with only zero weights, gets k̂ = inf;
-    a row whose M largest weights all equal the cutoff (constant weights, e.g. the exact
-    posterior as guide) gets k̂ = −inf: bounded weights, the estimate is exact.
+    a row whose M + 1 largest log weights agree to rounding error (64 ulps of the dtype the
+    weights were computed in, ``eps``) gets k̂ = −inf: the weights are constant — the guide is
+    the exact posterior — and a Pareto fit to rounding noise would be meaningless.
     """
     top = top.double()
     n, m1 = top.shape
@@ -130,7 +136,8 @@ def khat_from_top(top: torch.Tensor, memory_budget: float = DEFAULT_MEMORY_BUDGE
         rel = top[idx] - mx[idx].unsqueeze(-1)
         cut = rel[:, m].clamp(min=_TINY_LOG)
         exc = (torch.exp(rel[:, :m]) - torch.exp(cut).unsqueeze(-1)).flip(-1)  # ascending
-        const = exc[:, -1] <= 0
+        tol = _CONSTANT_ULPS * eps * mx[idx].abs().clamp(min=1.0)
+        const = (exc[:, -1] <= 0) | (-rel[:, m] <= tol)
         k[idx[const]] = -math.inf
         ties = (exc[:, 0] <= 0) & ~const
         regular = ~ties & ~const
@@ -142,7 +149,8 @@ def khat_from_top(top: torch.Tensor, memory_budget: float = DEFAULT_MEMORY_BUDGE
             k[idx[sel]] = _gpdfit_rows(exc[sel])
         for i in torch.nonzero(ties).reshape(-1).tolist():  # degenerate tails: one at a time
             k[idx[i]] = _khat_one(top[idx[i]])
-    return k
+    # a fit that failed numerically (never seen; kept as a guard) reads as "unreliable", not NaN
+    return torch.where(torch.isnan(k), torch.full_like(k, math.inf), k)
 
 
 def pareto_khat(log_weights: torch.Tensor) -> torch.Tensor:
@@ -153,7 +161,9 @@ def pareto_khat(log_weights: torch.Tensor) -> torch.Tensor:
         >>> pareto_khat(lw).shape
         torch.Size([3])
     """
-    lw = torch.as_tensor(log_weights).double()
+    lw = torch.as_tensor(log_weights)
+    eps = torch.finfo(lw.dtype).eps if lw.is_floating_point() else torch.finfo(torch.float64).eps
+    lw = lw.double()
     squeeze = lw.dim() == 1
     if squeeze:
         lw = lw.unsqueeze(-1)
@@ -164,7 +174,7 @@ def pareto_khat(log_weights: torch.Tensor) -> torch.Tensor:
     if bool(torch.isnan(lw).any()):
         raise ValueError(f"log_weights contain NaN in columns {index_list(torch.isnan(lw).any(0))}")
     top = torch.topk(lw.T, tail_length(num_samples) + 1, dim=1).values
-    k = khat_from_top(top)
+    k = khat_from_top(top, eps=eps)
     return k[0] if squeeze else k
 
 
@@ -205,8 +215,11 @@ class WeightAccumulator:
         self.sum2 = torch.zeros(num_data, dtype=f64)
         self.posinf = torch.zeros(num_data, dtype=torch.long)
         self.top = torch.full((num_data, keep), -math.inf, dtype=f64)
+        self.eps = torch.finfo(f64).eps  # of the coarsest dtype the weights arrived in
 
     def update(self, lo: int, hi: int, lw: torch.Tensor) -> None:
+        if lw.is_floating_point():
+            self.eps = max(self.eps, torch.finfo(lw.dtype).eps)
         lw = lw.detach().double().cpu()
         nan = torch.isnan(lw)
         if bool(nan.any()):
@@ -440,7 +453,7 @@ def finish(acc: WeightAccumulator, num_worst: int, memory_budget: float = DEFAUL
     """Turn accumulated weights into :class:`ImportanceDiagnostics` (k̂ from the kept top weights)."""
     K = acc.num_samples
     M = tail_length(K)
-    khat = khat_from_top(acc.top[:, : M + 1], memory_budget)
+    khat = khat_from_top(acc.top[:, : M + 1], memory_budget, acc.eps)
     ll = acc.log_likelihood()
     bad_inf = acc.posinf > 0
     bad_zero = acc.lse == -math.inf
