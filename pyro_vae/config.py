@@ -66,6 +66,12 @@ class Config:
     patience: int = 0  # early stopping after this many epochs without validation gain; 0 = off
     seed: int = 0  # seeds Pyro, torch and the data order
     device: str = "cpu"  # cpu | cuda | cuda:N
+    # ---- scaling: any non-default value here trains with Lightning (pip install 'pyro_vae[scale]') ----
+    accelerator: str = ""  # "" = as `device` says; or auto | cpu | gpu (trains with Lightning)
+    devices: int = 1  # processes (devices) per node; batch_size is per process
+    num_nodes: int = 1  # machines; start one process per device with torchrun or srun (docs/scaling.md)
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ddp_fork | ddp_notebook | ddp_find_unused_parameters_true
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (CUDA only); evaluation always runs in float32
     # ---- evaluation and output ----
     eval_samples: int = 5000  # importance samples per test datapoint for log p(x)
     eval_memory_mb: int = 1024  # working-memory budget of the log-likelihood evaluation
@@ -124,6 +130,23 @@ class Config:
             raise ConfigError(
                 f"decoder = {self.decoder!r} scores integer counts; set pixel_scale = 'uint8' and binarize = 'none'"
             )
+        choice("accelerator", ("", "auto", "cpu", "gpu", "cuda"))
+        choice("strategy", SCALING_STRATEGIES)
+        choice("precision", ("32", "bf16-mixed", "16-mixed"))
+        for key in ("devices", "num_nodes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        on_gpu = self.accelerator in ("gpu", "cuda") or (self.accelerator in ("", "auto") and self.device.startswith("cuda"))
+        if self.precision == "16-mixed" and not on_gpu and self.accelerator != "auto":
+            raise ConfigError(
+                "precision = '16-mixed' (float16 autocast) needs a CUDA GPU (accelerator = 'gpu'); on a CPU use "
+                "precision = 'bf16-mixed'"
+            )
+        if self.accelerator == "" and self.device.startswith("cuda:") and self.devices > 1:
+            raise ConfigError(
+                f"device = {self.device!r} names one GPU but devices = {self.devices}; for several GPUs set "
+                "accelerator = 'gpu' and devices = N (device then plays no part)"
+            )
         if self.network == "conv" and self.dataset == "sklearn-digits":
             raise ConfigError("network = 'conv' is built for 28x28 images; use network = 'mlp' with sklearn-digits")
         return self
@@ -151,6 +174,18 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+#: the strategies the scaling keys accept (data parallel: every process holds every parameter)
+SCALING_STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true")
+#: keys that say how to launch training, not what to train: a resumed run takes them from the new command
+SCALING_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def uses_lightning(config: Config) -> bool:
+    """Whether ``config`` asks for Lightning (any scaling key away from its default)."""
+    return (config.accelerator != "" or config.devices > 1 or config.num_nodes > 1 or config.strategy != "auto"
+            or config.precision != "32")
 
 
 _TYPES = typing.get_type_hints(Config)
@@ -216,4 +251,4 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return Config(**values).validate()
 
 
-__all__ = ["Config", "ConfigError", "load_config", "coerce"]
+__all__ = ["Config", "ConfigError", "load_config", "coerce", "uses_lightning", "SCALING_KEYS", "SCALING_STRATEGIES"]

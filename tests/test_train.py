@@ -230,3 +230,17 @@ def test_fit_accepts_pyro_trace_elbo(grey):
     vae = tiny_vae()
     h = pv.fit(vae, pyro.infer.Trace_ELBO(), train, val, epochs=1, dynamic_binarization=True, progress=False)
     assert math.isfinite(h.epochs[-1]["train_loss"]) and math.isnan(h.epochs[-1]["kl"])
+
+
+def test_resume_continues_a_kl_warmup_where_it_stopped(tmp_path, grey):
+    train, val = grey
+
+    def run(epochs, resume=False):
+        obj = pv.objectives.KLWarmup(pv.objectives.ELBO(), warmup_steps=100)
+        pv.fit(tiny_vae(), obj, train, val, epochs=epochs, batch_size=32, dynamic_binarization=True, seed=5,
+               run_dir=tmp_path / "w", resume=resume, overwrite=not resume, progress=False)
+        return obj
+
+    assert run(2).step == 14  # 7 steps per epoch
+    assert load_checkpoint(tmp_path / "w" / "checkpoint.pt")["objective_step"] == 14
+    assert run(3, resume=True).step == 21

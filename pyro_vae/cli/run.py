@@ -5,6 +5,7 @@ The CLI is a thin shell over :func:`train_run` and :func:`load_run`; notebooks c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from ..build import build_objective, build_vae
-from ..config import Config, ConfigError, load_config
+from ..config import SCALING_KEYS, Config, ConfigError, load_config, uses_lightning
 from ..data import DataSplits, load_dataset
 from ..evaluation import bits_per_dim, log_likelihood
 from ..train import atomic_write_text, fit, load_checkpoint, save_checkpoint
@@ -97,54 +98,96 @@ def train_run(
     progress: bool = True,
     figures: bool = True,
     log: Any = print,
-) -> RunSummary:
-    """Train, evaluate and report one run into ``config.run_dir``."""
-    if resume:  # the stored config is the truth for a resumed run
+) -> RunSummary | None:
+    """Train, evaluate and report one run into ``config.run_dir``.
+
+    Any scaling key away from its default (``accelerator``, ``devices > 1``, ``num_nodes > 1``,
+    ``strategy``, ``precision``) trains with Lightning (:func:`pyro_vae.train.lightning.fit_distributed`)
+    into the same run directory. Under a multi-process launch every process calls this function;
+    only rank 0 writes, evaluates and returns the summary (the other processes return ``None``).
+    """
+    if resume:  # the stored config is the truth for a resumed run; how to launch comes from this command
         stored = Path(config.run_dir) / CONFIG
         if stored.exists():
-            config = load_config(stored, {"run_dir": config.run_dir, "epochs": config.epochs})
+            launch = {k: getattr(config, k) for k in SCALING_KEYS}
+            config = load_config(stored, {"run_dir": config.run_dir, "epochs": config.epochs, **launch})
+    distributed = uses_lightning(config)
+    if distributed:
+        try:
+            from ..train.lightning import fit_distributed, process_rank
+        except ImportError as e:
+            raise ConfigError(f"{e}; or drop the scaling flags (--devices, --accelerator, ...) to train in one process") from e
+        rank = process_rank(config.devices)
+    else:
+        rank = 0
     data, vae = prepare(config, resume=resume, overwrite=overwrite)
     run_dir = Path(config.run_dir)
-    if overwrite and run_dir.exists():
+    if rank != 0:
+        log = _silent
+    elif overwrite and run_dir.exists():
         for name in (CHECKPOINT, "best.pt", MODEL, "metrics.csv", SUMMARY, REPORT):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG, config.to_toml())
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG, config.to_toml())
     log(f"data: {data.describe()}")
     log(f"model: encoder={config.encoder} decoder={config.decoder} prior={config.prior} latent_dim={config.latent_dim} "
         f"hidden={config.hidden} objective={config.objective} (K={config.num_particles})")
     objective = build_objective(config)
+    common: dict[str, Any] = dict(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        lr_schedule=None if config.lr_schedule == "none" else config.lr_schedule,
+        grad_clip=config.grad_clip or None,
+        patience=config.patience or None,
+        dynamic_binarization=config.binarize == "dynamic",
+        seed=config.seed,
+        run_dir=run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        config=config.to_dict(),
+        progress=progress,
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # MC-KL fallback: reported through kl_sites below
-        history = fit(
-            vae,
-            objective,
-            data.train,
-            data.val,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            optimizer=config.optimizer,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            lr_schedule=None if config.lr_schedule == "none" else config.lr_schedule,
-            grad_clip=config.grad_clip or None,
-            patience=config.patience or None,
-            dynamic_binarization=config.binarize == "dynamic",
-            seed=config.seed,
-            device=config.device,
-            run_dir=run_dir,
-            resume=resume,
-            overwrite=overwrite,
-            config=config.to_dict(),
-            progress=progress,
-        )
+        if distributed:
+            log(f"training with Lightning: accelerator={_accelerator(config)} devices={config.devices} "
+                f"num_nodes={config.num_nodes} strategy={config.strategy} precision={config.precision} "
+                f"(batch {config.batch_size} per process)")
+            history = fit_distributed(
+                vae, objective, data.train, data.val, accelerator=_accelerator(config), devices=config.devices,
+                strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision, **common,
+            )
+        else:
+            history = fit(vae, objective, data.train, data.val, device=config.device, **common)
     train_seconds = time.perf_counter() - t0
+    if rank != 0:
+        return None
     kl = ", ".join(f"{k}: {v}" for k, v in history.kl_sites.items()) or "n/a"
     log(f"KL terms: {kl}")
     save_checkpoint(run_dir / MODEL, {"model": vae.state_dict(), "config": config.to_dict()})
+    if distributed:  # evaluate where the model trained (and in float32: outside any autocast)
+        gpu = _accelerator(config) == "gpu" or (_accelerator(config) == "auto" and torch.cuda.is_available())
+        device = config.device if (config.device.startswith("cuda") or not gpu) else "cuda"
+        config = dataclasses.replace(config, device=device)
+        vae.to(device)
     return evaluate_run(config, data, vae, history.epochs, train_seconds, history.kl_sites, progress, figures, log)
+
+
+def _accelerator(config: Config) -> str:
+    """Lightning's accelerator for a config: ``accelerator``, else what ``device`` names."""
+    if config.accelerator:
+        return "gpu" if config.accelerator == "cuda" else config.accelerator
+    return "gpu" if config.device.startswith("cuda") else "cpu"
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The log of processes other than rank 0."""
 
 
 def evaluate_run(
@@ -239,7 +282,9 @@ def render_report(s: RunSummary, c: Config, data: DataSplits) -> str:
         ("objective", f"{c.objective}, {c.num_particles} particle(s); KL: "
                       + (", ".join(f"{k} {v}" for k, v in s.kl_sites.items()) or "n/a")),
         ("training", f"{s.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, seed {c.seed}, "
-                     f"{s.train_seconds:.1f} s"),
+                     f"{s.train_seconds:.1f} s" + (
+                         f"; Lightning, {c.devices * c.num_nodes} process(es) ({c.strategy}), batch per process, "
+                         f"precision {c.precision}" if uses_lightning(c) else "")),
     ]
     out = ["# pyro-vae run report", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]

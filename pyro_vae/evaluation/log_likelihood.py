@@ -4,6 +4,10 @@
 
 for any Pyro model/guide pair whose datapoints sit in a ``"data"`` plate, vectorized over
 datapoints and samples and chunked so the working memory stays under a budget.
+
+A plain :class:`~pyro_vae.VAE` (its unmodified ``model``/``guide``, outside Pyro handlers) takes a
+fast path that skips tracing and keeps the decoder's work in cache (:mod:`._fast`); it makes the
+same draws and gives the same estimates to float rounding. ``fast_path=False`` always traces.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from typing import Any, Callable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from ..objectives.base import plain_vae
 from ..traces import guess_max_plate_nesting, log_weights, particle_traces
 from ..vae import DATA_PLATE
+from . import _fast
 
 #: Working-memory estimate per (sample, datapoint, feature): ~8 float32 temporaries
 #: (decoder output, log-prob and their autograd-free intermediates).
@@ -60,6 +66,8 @@ def log_likelihood(
     max_plate_nesting: int | None = None,
     plate_name: str = DATA_PLATE,
     progress: bool = False,
+    fast_path: bool = True,
+    compile: bool = False,
     **kwargs: Any,
 ) -> LogLikelihood:
     """Estimate log p(x_i) for every row of ``x`` by importance sampling from the guide.
@@ -74,6 +82,12 @@ def log_likelihood(
         memory_budget: bytes the working set of one chunk may use (default 1 GiB); chunks over
             datapoints and samples are sized from it (see :func:`plan_chunks`).
         progress: show a progress bar over chunks.
+        fast_path: for a plain :class:`~pyro_vae.VAE`, skip tracing (same draws, same estimates
+            to float rounding; see the module docstring). ``False`` always traces.
+        compile: on the fast path with a Bernoulli decoder, sum the log-density over pixels with
+            one ``torch.compile`` kernel (compiling takes seconds to tens of seconds once per
+            process and pays only for long evaluations; see ``docs/performance.md``). Falls back
+            to the eager kernel, with one warning, if compilation fails.
 
     Returns:
         :class:`LogLikelihood` with per-datapoint estimates, mean, standard error and ESS.
@@ -100,6 +114,15 @@ def log_likelihood(
     n = x.shape[0]
     x_dim = int(x[0].numel())
     points, samples = plan_chunks(n, num_samples, x_dim, memory_budget)
+    vae = plain_vae(model, guide) if fast_path else None
+    if (
+        vae is not None
+        and plate_name == DATA_PLATE
+        and not args
+        and all(k == "num_data" and v is None for k, v in kwargs.items())
+        and _fast.usable(vae)
+    ):
+        return _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *args), kwargs)
     out = torch.empty(n, dtype=torch.float64)
@@ -123,6 +146,39 @@ def log_likelihood(
         out[lo:hi] = lse - math.log(num_samples)
         ess[lo:hi] = torch.exp(2 * lse - lse2)
     bar.close()
+    return _summary(out, ess, num_samples)
+
+
+def _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile) -> LogLikelihood:
+    """The fast path: the traced path's chunks and draws, without tracing (see :mod:`._fast`)."""
+    n = x.shape[0]
+    rows = _fast.block_rows(int(x[0].numel()), _fast._widths(vae.decoder), memory_budget, x.device)
+    out = torch.empty(n, dtype=torch.float64)
+    ess = torch.empty(n, dtype=torch.float64)
+    chunks = [(i, min(i + points, n)) for i in range(0, n, points)]
+    bar = tqdm(total=len(chunks) * math.ceil(num_samples / samples), desc="log-likelihood", disable=not progress, leave=False)
+    for lo, hi in chunks:
+        xb = x[lo:hi]
+        q = vae.encoder(xb)  # once per datapoint chunk
+        lse = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
+        lse2 = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
+        done = 0
+        while done < num_samples:
+            k = min(samples, num_samples - done)
+            z = q.rsample((k,))  # the draws of the traced path's k-particle plate
+            lw = _fast.log_weights_chunk(vae, q, z, xb, rows, compile).double()  # (k, b)
+            lse = torch.logaddexp(lse, torch.logsumexp(lw, dim=0).cpu())
+            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, dim=0).cpu())
+            done += k
+            bar.update()
+        out[lo:hi] = lse - math.log(num_samples)
+        ess[lo:hi] = torch.exp(2 * lse - lse2)
+    bar.close()
+    return _summary(out, ess, num_samples)
+
+
+def _summary(out: torch.Tensor, ess: torch.Tensor, num_samples: int) -> LogLikelihood:
+    n = out.shape[0]
     if not bool(torch.isfinite(out).all()):
         bad = int((~torch.isfinite(out)).sum())
         raise FloatingPointError(

@@ -19,7 +19,7 @@ from .base import Objective, Terms, log_mean_exp
 from .elbo import ELBO
 from .iwae import CIWAE, IWAE, MIWAE, PIWAE, ImportanceObjective
 from .renyi import RenyiBound
-from .weighting import BetaVAE, FreeBits, KLWarmup, ObjectiveWrapper, scale_latents
+from .weighting import BetaVAE, FreeBits, KLWarmup, ObjectiveWrapper, find_warmup, scale_latents
 
 __all__ = [
     "Objective",
@@ -37,4 +37,5 @@ __all__ = [
     "KLWarmup",
     "FreeBits",
     "scale_latents",
+    "find_warmup",
 ]

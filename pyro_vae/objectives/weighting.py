@@ -406,3 +406,18 @@ __all__ = [
     "latent_kl",
     "SiteKL",
 ]
+
+
+def find_warmup(objective: Any) -> "KLWarmup | None":
+    """The :class:`KLWarmup` inside (possibly nested) objective wrappers, or ``None``.
+
+    Trainers checkpoint its step so a resumed warm-up continues where it stopped.
+    """
+    for _ in range(16):
+        if objective is None:
+            return None
+        if isinstance(objective, KLWarmup):
+            return objective
+        objective = getattr(objective, "objective", None)
+    return None
+

@@ -3,8 +3,21 @@
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .fit import History, StepInfo, collect_parameters, evaluate_bound, fit, train_step
 
+
+
+def __getattr__(name: str):
+    # Lightning is optional (extra "scale"): import it only when asked for
+    if name in ("fit_distributed", "VAELightningModule"):
+        from . import lightning
+
+        return getattr(lightning, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "fit",
+    "fit_distributed",
+    "VAELightningModule",
     "train_step",
     "evaluate_bound",
     "collect_parameters",

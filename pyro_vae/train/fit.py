@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .._typing import DeviceLike
 from ..data import Batches, DataError, validate_array
-from ..objectives import ELBO
+from ..objectives import ELBO, find_warmup
 from ..vae import VAE
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 
@@ -137,7 +137,7 @@ def evaluate_bound(
     return total / x.shape[0]
 
 
-def _make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     name = name.lower()
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -148,7 +148,7 @@ def _make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float, weight
     raise ValueError(f"unknown optimizer {name!r}; choose 'adam', 'adamw' or 'sgd'")
 
 
-def _make_scheduler(name: str | None, optimizer: torch.optim.Optimizer, epochs: int):
+def make_scheduler(name: str | None, optimizer: torch.optim.Optimizer, epochs: int):
     if name in (None, "none"):
         return None
     if name == "cosine":
@@ -329,8 +329,8 @@ def fit(
     params = collect_parameters(model_fn, guide_fn, (first,), kw)
     if not params:
         raise ValueError("the model and guide have no trainable parameters")
-    opt = _make_optimizer(optimizer, params, lr, weight_decay)
-    sched = _make_scheduler(lr_schedule, opt, epochs)
+    opt = make_optimizer(optimizer, params, lr, weight_decay)
+    sched = make_scheduler(lr_schedule, opt, epochs)
     if hasattr(objective, "differentiable_loss"):
         loss_fn: Callable[..., torch.Tensor] = lambda *a, **k: objective.differentiable_loss(model_fn, guide_fn, *a, **k)  # noqa: E731
     else:
@@ -360,6 +360,9 @@ def fit(
         history.best_val = float(state.get("best_val", -math.inf))
         history.kl_sites = dict(state.get("kl_sites", {}))
         epochs_since_best = int(state.get("epochs_since_best", 0))
+        warmup = find_warmup(objective)
+        if warmup is not None and "objective_step" in state:
+            warmup.set_step(int(state["objective_step"]))
         start_epoch = int(state["epoch"])
         if state.get("stopped_early"):
             history.stopped_early = True
@@ -446,6 +449,9 @@ def fit(
                     "kl_sites": history.kl_sites,
                     "config": config or {},
                 }
+                warmup = find_warmup(objective)
+                if warmup is not None:
+                    ckpt["objective_step"] = int(warmup.step)
                 if improved and vae is not None:
                     save_checkpoint(run_path / BEST, {"epoch": epoch + 1, "model": vae.state_dict(), "config": config or {}})
                 save_checkpoint(ckpt_path, ckpt)  # type: ignore[arg-type]
@@ -472,4 +478,4 @@ def fit(
     return history
 
 
-__all__ = ["fit", "train_step", "evaluate_bound", "collect_parameters", "StepInfo", "History"]
+__all__ = ["fit", "train_step", "evaluate_bound", "collect_parameters", "make_optimizer", "make_scheduler", "StepInfo", "History"]

@@ -8,7 +8,7 @@ for the standard IWAE gradient and DReG at one trained model. ``pyro-vae compare
 
 Example:
     >>> import pyro_vae as pv
-    >>> from pyro_vae.compare import compare
+    >>> from pyro_vae.comparison import compare
     >>> res = compare(["elbo", "iwae"], {"hidden": [8], "latent_dim": 2, "epochs": 1},
     ...               train_limit=64, eval_samples=4, snr_repeats=3, snr_ks=(1, 2),
     ...               memory=False, val_samples=None, progress=False)   # doctest: +SKIP
@@ -52,7 +52,7 @@ from .config import Config, ConfigError, load_config
 from .data import Batches, DataSplits
 from .evaluation import log_likelihood
 from .objectives import IWAE
-from .train.fit import _make_optimizer, _make_scheduler, collect_parameters, evaluate_bound, train_step
+from .train.fit import make_optimizer, make_scheduler, collect_parameters, evaluate_bound, train_step
 from .vae import VAE
 
 #: Burda et al.'s threshold on Cov_x(E_q[z_u | x]) for a latent unit to count as active
@@ -80,6 +80,10 @@ COLUMNS: dict[str, str] = {
     "peak_memory_mb": "peak memory of training in MiB (see memory_method)",
     "memory_method": "how peak_memory_mb was measured",
 }
+
+#: config keys compare's training loop does not implement: they must keep their defaults
+#: (early stopping; multi-device / mixed-precision training with Lightning)
+UNSUPPORTED_KEYS = ("patience", "accelerator", "devices", "num_nodes", "strategy", "precision")
 
 _NUMERIC = ("num_particles", "num_outer", "epochs", "steps", "test_log_likelihood", "test_log_likelihood_se",
             "eval_samples", "test_elbo", "val_bound", "active_units", "latent_dim", "snr_encoder", "snr_decoder",
@@ -152,6 +156,7 @@ def gradient_snr(
     SNRs read high when ``repeats`` is small.
 
     Example:
+        >>> _ = torch.manual_seed(0)
         >>> theta = torch.zeros(3, requires_grad=True)
         >>> loss = lambda: ((theta - 1.0) ** 2).sum() / 2 + (torch.randn(3) * theta).sum()
         >>> round(gradient_snr(loss, {"theta": [theta]}, repeats=4000)["theta"], 1)
@@ -217,9 +222,23 @@ def vae_gradient_snr(
 
 
 # -- active units ------------------------------------------------------------------------------
+def active_units(vae: VAE, x: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, str]:
+    """Number of latent dims u with Cov_x(E_q[z_u|x]) > ``threshold`` over the rows of ``x``, and how
+    it was computed: :func:`pyro_vae.diagnostics.latent_diagnostics` (its ``num_active``) when the
+    diagnostics package imports, else the same formula on the encoder means here."""
+    try:
+        from .diagnostics import latent_diagnostics
+    except ImportError:  # pragma: no cover - the diagnostics package is optional here
+        return _active_units(vae, x, threshold), "pyro_vae.comparison._active_units"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sample-size notices concern its KL / I(x; z) estimates, not the count
+        d = latent_diagnostics(vae, x, active_threshold=threshold, num_mi_samples=1)
+    return d.num_active, "pyro_vae.diagnostics.latent_diagnostics"
+
+
 @torch.no_grad()
 def _active_units(vae: VAE, x: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
-    """Number of latent dims whose posterior mean varies across datapoints: Cov_x(E_q[z_u|x]) > threshold."""
+    """Cov_x(E_q[z_u|x]) > threshold, counted directly on ``vae.encode`` (the fallback)."""
     means = torch.cat([vae.encode(x[i : i + 500]) for i in range(0, x.shape[0], 500)])
     var = means.reshape(means.shape[0], -1).double().var(dim=0, unbiased=True)
     return int((var > threshold).sum())
@@ -253,7 +272,7 @@ def _memory_probe(spec_path: str) -> None:
     pyro.set_rng_seed(config.seed)
     kw = {"num_data": int(spec["num_data"])}
     params = collect_parameters(vae.model, vae.guide, (batch,), kw)
-    opt = _make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
+    opt = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
     loss_fn = lambda *a, **k: objective.differentiable_loss(vae.model, vae.guide, *a, **k)  # noqa: E731
     gc.collect()
     method = "cpu: peak resident set (VmHWM) during the steps minus resident set (VmRSS) before them, fresh process"
@@ -291,7 +310,7 @@ def _memory_subprocesses(
         path = tmp / f"spec_{i}.json"
         path.write_text(json.dumps(spec))
         procs[label] = subprocess.Popen(
-            [sys.executable, "-c", f"from pyro_vae.compare import _memory_probe; _memory_probe({str(path)!r})"],
+            [sys.executable, "-c", f"from pyro_vae.comparison import _memory_probe; _memory_probe({str(path)!r})"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
         )
     return procs
@@ -321,12 +340,15 @@ class ComparisonResult:
         curves: per objective label, per-epoch rows ``{"epoch", "seconds", "train_bound",
             "val_bound"}``; ``seconds`` is cumulative training step time.
         settings: the resolved base config and every option of the comparison.
+        models: the trained :class:`~pyro_vae.VAE` per objective label (in eval mode; not
+            part of :meth:`to_dict`), for further diagnostics.
     """
 
     table: list[dict[str, Any]]
     snr_curve: list[dict[str, Any]] = field(default_factory=list)
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, VAE] = field(default_factory=dict, repr=False)
 
     # -- text ----------------------------------------------------------------------------------
     def to_markdown(self) -> str:
@@ -377,13 +399,22 @@ class ComparisonResult:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-serializable."""
+        """Everything but the models, JSON-serializable."""
         return {"table": self.table, "snr_curve": self.snr_curve, "curves": self.curves, "settings": self.settings}
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> "ComparisonResult":
+        """Read a ``result.json`` written by :meth:`write` (to redraw figures or tables; no models)."""
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(d["table"], d.get("snr_curve", []), d.get("curves", {}), d.get("settings", {}))
 
     # -- figures ---------------------------------------------------------------------------------
     def plot_loglik_vs_time(self, path: str | os.PathLike[str] | None = None):
         """Log-likelihood against training time: per objective, the validation IWAE bound after
-        each epoch (line) and the final test log p(x) ± 2 SE (marker) at the total step time."""
+        each epoch (line) and the final test log p(x) ± 1 SE (marker) at the total step time.
+
+        The SE is across test digits, mostly their spread in difficulty, which every objective
+        shares: differences between objectives are far more precise than the bars suggest."""
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(6.4, 4.2), layout="constrained")
@@ -395,10 +426,19 @@ class ComparisonResult:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=1.3, alpha=0.8,
                         label=f"{r['objective']}: validation IWAE-{self.settings.get('val_samples')} bound")
-            ax.errorbar([r["train_seconds"]], [r["test_log_likelihood"]], yerr=[2 * r["test_log_likelihood_se"]],
+            ax.errorbar([r["train_seconds"]], [r["test_log_likelihood"]], yerr=[r["test_log_likelihood_se"]],
                         color=color, marker="o", markersize=6, capsize=3, linestyle="none",
                         label=f"{r['objective']}: test log p(x), K={self.settings.get('eval_samples')}")
-        ax.set_xlabel("training time (s, sum of step times)")
+        finals = [r["test_log_likelihood"] for r in self.table if math.isfinite(r["test_log_likelihood"])]
+        if finals:  # keep the informative end of the curves in view, not the first epoch's -200 nats
+            lows = [c["val_bound"] for r in self.table for c in self.curves.get(r["objective"], [])[-1:]
+                    if math.isfinite(c.get("val_bound", math.nan))]
+            ax.set_ylim(bottom=min(finals + lows) - 25.0, top=max(finals) + 0.15 * (max(finals) - min(finals + lows)) + 3)
+        ax.set_xscale("log")
+        firsts = [c[0]["seconds"] for c in self.curves.values() if c and c[0].get("seconds", 0) > 0]
+        if firsts:
+            ax.set_xlim(left=0.5 * min(firsts))
+        ax.set_xlabel("training time (s, sum of step times; log scale)")
         ax.set_ylabel("nats per digit (higher is better)")
         ax.set_title("Log-likelihood against training time", fontsize=10)
         ax.grid(alpha=0.3)
@@ -419,7 +459,7 @@ class ComparisonResult:
                 rows = [r for r in self.snr_curve if r["estimator"] == est]
                 color, marker, ls = styles.get(est, ("black", "^", ":"))
                 ax.plot([r["K"] for r in rows], [r[f"snr_{part}"] for r in rows], color=color, marker=marker,
-                        linestyle=ls, label="IWAE standard" if est == "standard" else f"IWAE {est.upper()}")
+                        linestyle=ls, label={"standard": "IWAE, standard gradient", "dreg": "IWAE, DReG"}.get(est, est))
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("K (particles)")
@@ -628,6 +668,11 @@ def compare(
             if getattr(cfg, key) != shared[key]:
                 raise ConfigError(f"objective {label!r} sets {key} = {getattr(cfg, key)!r} but the comparison shares "
                                   f"{key} = {shared[key]!r}: every run must see the same data, seed and device")
+    for key in UNSUPPORTED_KEYS:
+        f = Config.__dataclass_fields__.get(key)
+        if f is not None and shared[key] != f.default:
+            raise ConfigError(f"compare trains every objective for a fixed number of epochs in one process with its own "
+                              f"timed loop; {key} = {shared[key]!r} is not supported there (leave it at {f.default!r})")
     if log is None:
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     say = log if progress else (lambda msg: None)
@@ -679,6 +724,7 @@ def compare(
 
     # ---- train and measure, one objective at a time -----------------------------------------------
     rows: list[dict[str, Any]] = []
+    au_method = "not computed"
     curves: dict[str, list[dict[str, float]]] = {}
     models: dict[str, VAE] = {}
     for label, cfg in configs.items():
@@ -703,6 +749,7 @@ def compare(
                                     memory_budget=cfg.eval_memory_mb * 2**20)
                 snr = vae_gradient_snr(vae, objective, snr_batch, snr_repeats, num_data=num_data, seed=cfg.seed + 3,
                                        batch_source=batch_source)
+                n_active, au_method = active_units(vae, test)
         m = mem.get(label, {"peak_memory_mb": math.nan, "memory_method": "not measured"})
         row = {
             "objective": label,
@@ -716,7 +763,7 @@ def compare(
             "eval_samples": eval_samples,
             "test_elbo": test_elbo,
             "val_bound": curve[-1]["val_bound"] if curve else math.nan,
-            "active_units": _active_units(vae, test),
+            "active_units": n_active,
             "latent_dim": cfg.latent_dim,
             "snr_encoder": snr.get("encoder", math.nan),
             "snr_decoder": snr.get("decoder", math.nan),
@@ -730,8 +777,7 @@ def compare(
             f"{row['seconds_per_step']:.4f} s/step, peak {row['peak_memory_mb']:.1f} MiB")
         rows.append(row)
         curves[label] = curve
-        if label == snr_at:
-            models[label] = vae
+        models[label] = vae
 
     # ---- SNR against K: standard IWAE gradient vs DReG at one trained model -------------------------
     snr_curve: list[dict[str, Any]] = []
@@ -762,16 +808,27 @@ def compare(
         "snr_at": snr_at,
         "snr_batch_size": bs,
         "memory_steps": memory_steps if memory else None,
-        "active_units": "pyro_vae.compare._active_units (Burda et al. threshold 0.01, test split)",
+        "active_units": f"{au_method} (Burda et al.: Cov_x(E_q[z_u|x]) > {ACTIVE_UNIT_THRESHOLD}, test split)",
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
                    f"torch {torch.__version__}, pyro {pyro.__version__}",
     }
-    result = ComparisonResult(rows, snr_curve, curves, settings)
+    result = ComparisonResult(rows, snr_curve, curves, settings, models)
     if out_dir is not None:
         for p in result.write(out_dir):
             say(f"wrote {p}")
     return result
+
+
+def _warm_up(vae: VAE, objective: Any, x: torch.Tensor, kw: dict[str, Any], cfg: Config) -> None:
+    """Two untimed steps on throwaway copies, so one-off start-up costs (lazy kernel set-up on the
+    first backward pass of a process) do not land in the first objective's step times."""
+    v, o = copy.deepcopy(vae), copy.deepcopy(objective)
+    params = [p for p in v.parameters() if p.requires_grad]
+    opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+    for _ in range(2):
+        train_step(lambda *a, **k: o.differentiable_loss(v.model, v.guide, *a, **k), params, opt, (x,), kw,
+                   kw["num_data"])
 
 
 def _train(
@@ -788,9 +845,11 @@ def _train(
     if dynamic:
         first = (first > 0.5).to(first.dtype)
     kw = {"num_data": num_data}
+    _warm_up(vae, objective, first, kw, cfg)
+    pyro.set_rng_seed(cfg.seed)
     params = collect_parameters(vae.model, vae.guide, (first,), kw)
-    opt = _make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
-    sched = _make_scheduler(None if cfg.lr_schedule == "none" else cfg.lr_schedule, opt, cfg.epochs)
+    opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+    sched = make_scheduler(None if cfg.lr_schedule == "none" else cfg.lr_schedule, opt, cfg.epochs)
     loss_fn = lambda *a, **k: objective.differentiable_loss(vae.model, vae.guide, *a, **k)  # noqa: E731
     terms = (lambda: objective.last_terms) if hasattr(objective, "last_terms") else None
     val_obj = IWAE(num_particles=val_samples) if val_samples is not None else None
@@ -818,10 +877,11 @@ def _train(
             else:
                 sched.step()
         curve.append(row)
-        say(f"[{label}] epoch {epoch + 1}/{cfg.epochs}: train bound {row['train_bound']:.2f}, validation "
-            f"IWAE-{val_samples} {row['val_bound']:.2f}, {statistics.median(times):.4f} s/step")
+        val_text = f", validation IWAE-{val_samples} {row['val_bound']:.2f}" if math.isfinite(row["val_bound"]) else ""
+        say(f"[{label}] epoch {epoch + 1}/{cfg.epochs}: train bound {row['train_bound']:.2f}{val_text}, "
+            f"{statistics.median(times):.4f} s/step")
     return times, curve
 
 
 __all__ = ["compare", "ComparisonResult", "COLUMNS", "gradient_snr", "vae_gradient_snr", "GradientMoments",
-           "summarize_snr", "ACTIVE_UNIT_THRESHOLD"]
+           "summarize_snr", "active_units", "ACTIVE_UNIT_THRESHOLD"]

@@ -1,0 +1,160 @@
+"""``pyro-vae compare``: train the same model once per objective and tabulate the results.
+
+Example::
+
+    pyro-vae compare --objectives elbo,iwae,dreg --num-particles 50 --epochs 40 \\
+        --eval-samples 1000 --out runs/compare
+
+writes ``table.md``, ``table.csv``, ``result.json``, ``loglik_vs_time.png`` and ``snr_vs_k.png``
+to ``--out`` and prints the table. Every config key except ``objective`` and ``run_dir`` is also
+a flag (``--latent-dim 20``), shared by all runs; ``--num-particles K`` sets K for every
+objective except ``elbo`` (which keeps one particle unless ``elbo:K`` is written). An entry of
+``--objectives`` is ``NAME`` or ``NAME:K`` (e.g. ``iwae:5,iwae:50``).
+
+Wiring (done in ``pyro_vae/cli/__init__.py``): ``add_parser(subparsers)`` adds the subcommand and
+``run(ns)`` executes it, returning the exit code (2 for bad input, reported in one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, load_config
+
+_TYPES = typing.get_type_hints(Config)
+#: config keys that are not flags of ``compare``: set per run, or meaningless here
+_EXCLUDED = ("objective", "run_dir", "num_particles", "patience", "accelerator", "devices", "num_nodes", "strategy",
+             "precision")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``compare`` subcommand to an ``argparse`` subparsers object; return its parser."""
+    p = subparsers.add_parser(
+        "compare",
+        help="train the same model once per objective; tabulate log-likelihood, SNR, speed and memory",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--objectives", required=True, metavar="LIST",
+                   help="comma-separated objectives, each NAME or NAME:K, e.g. elbo,iwae,dreg or iwae:5,iwae:50")
+    p.add_argument("--num-particles", type=int, default=None, metavar="K",
+                   help="K for every objective except elbo (default: the config's, 1)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
+    p.add_argument("--config", type=Path, default=None, help="TOML file of shared config overrides")
+    p.add_argument("--train-limit", type=int, default=None, metavar="N", help="train on the first N training rows")
+    p.add_argument("--val-samples", type=int, default=50, metavar="K",
+                   help="K of the per-epoch validation IWAE bound (learning curves); 0 = off (default: 50)")
+    p.add_argument("--snr-repeats", type=int, default=100, metavar="R", help="gradients per SNR estimate (default: 100)")
+    p.add_argument("--snr-ks", default="1,10,100", metavar="LIST",
+                   help="K values of the SNR-against-K curve, comma-separated; 'none' skips it (default: 1,10,100)")
+    p.add_argument("--snr-at", default=None, metavar="LABEL",
+                   help="objective whose trained model the SNR-against-K curve uses (default: the first)")
+    p.add_argument("--snr-data", choices=("fixed", "resample"), default="fixed",
+                   help="fixed: one minibatch, Monte Carlo noise only; resample: a fresh minibatch per gradient")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--memory-steps", type=int, default=5, metavar="N",
+                   help="training steps of the CPU memory measurement (default: 5)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="do not print progress lines")
+    g = p.add_argument_group("configuration shared by every run (each overrides --config and the default)")
+    for f in fields(Config):
+        if f.name in _EXCLUDED:
+            continue
+        t = _TYPES[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        if t is bool:
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(t) is list:
+            g.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, metavar="N")
+        else:
+            g.add_argument(flag, dest=f.name, type=t, default=None, metavar=t.__name__.upper())
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_objectives(text: str) -> dict[str, dict[str, Any]]:
+    """``"elbo,iwae:5"`` -> ``{"elbo": {"objective": "elbo"}, "iwae-5": {"objective": "iwae", "num_particles": 5}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        name, _, k = item.partition(":")
+        over: dict[str, Any] = {"objective": name.strip()}
+        label = name.strip()
+        if k:
+            try:
+                over["num_particles"] = int(k)
+            except ValueError:
+                raise ConfigError(f"--objectives entry {item!r}: K must be an integer, as in iwae:50") from None
+            label = f"{label}-{over['num_particles']}"
+        if label in out:
+            raise ConfigError(f"--objectives lists {label!r} twice")
+        out[label] = over
+    if not out:
+        raise ConfigError("--objectives is empty; give e.g. --objectives elbo,iwae,dreg")
+    return out
+
+
+def _snr_ks(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--snr-ks must be comma-separated integers such as 1,10,100, got {text!r}") from None
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Execute ``pyro-vae compare``; 0 on success, 2 on bad input (message on stderr)."""
+    from ..data import DataError
+
+    try:
+        import torch
+
+        from ..comparison import compare
+
+        if ns.threads is not None:
+            if ns.threads < 1:
+                raise ConfigError(f"--threads must be >= 1, got {ns.threads}")
+            torch.set_num_threads(ns.threads)
+        overrides = {f.name: getattr(ns, f.name) for f in fields(Config)
+                     if f.name not in _EXCLUDED and getattr(ns, f.name, None) is not None}
+        base = load_config(ns.config, overrides)
+        if ns.val_samples < 0:
+            raise ConfigError(f"--val-samples must be >= 0, got {ns.val_samples}")
+        result = compare(
+            parse_objectives(ns.objectives),
+            base,
+            num_particles=ns.num_particles,
+            train_limit=ns.train_limit,
+            eval_samples=base.eval_samples,
+            val_samples=ns.val_samples or None,
+            snr_repeats=ns.snr_repeats,
+            snr_data=ns.snr_data,
+            snr_ks=_snr_ks(ns.snr_ks),
+            snr_at=ns.snr_at,
+            memory=not ns.no_memory,
+            memory_steps=ns.memory_steps,
+            out_dir=ns.out,
+            progress=not ns.no_progress,
+        )
+    except (ConfigError, DataError) as e:
+        print(f"pyro-vae compare: error: {e}", file=sys.stderr)
+        return 2
+    print(result.to_markdown())
+    return 0
+
+
+def main(argv: typing.Sequence[str] | None = None) -> int:
+    """Run ``compare`` alone (``python -m pyro_vae.cli.compare ...``) until the main CLI wires it in."""
+    parser = argparse.ArgumentParser(prog="pyro-vae")
+    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return run(parser.parse_args(["compare", *(argv if argv is not None else sys.argv[1:])]))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
