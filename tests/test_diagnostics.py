@@ -259,6 +259,16 @@ def test_gaps_on_vae_encoders(encoder):
     assert not any(p.grad is not None for p in vae.parameters())  # the model's modules are untouched
 
 
+def test_gaps_when_the_evaluation_needs_smaller_chunks_than_the_refinement():
+    """Regression: the refined guide is tied to its chunk; evaluating it with many samples under a
+    small memory budget must not split that chunk (it did: 'refined parameters have batch shape')."""
+    vae = _tiny_vae("diag")
+    x = torch.randn(12, 5)
+    budget = 5 * 32 * 400 * 3  # room for ~3 datapoints x 400 samples, ~1200 datapoints x 1 particle
+    g = D.inference_gaps(vae, x, num_steps=5, lr=0.05, num_samples=400, memory_budget=budget)
+    assert g.amortization_gap.shape == (12,) and torch.isfinite(g.approximation_gap).all()
+
+
 def test_gaps_refuse_flow_guides_with_the_reason():
     with pytest.raises(TypeError, match="Gaussian guide sites.*TransformedDistribution"):
         D.inference_gaps(_tiny_vae("iaf"), torch.randn(3, 5), num_steps=1, num_samples=100)

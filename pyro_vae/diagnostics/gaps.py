@@ -358,7 +358,9 @@ def inference_gaps(
     _check_num_samples(num_samples)
     pair = make_pair(m, g, x, model_args, model_kwargs, plate_name, max_plate_nesting)
     n = x.shape[0]
-    chunks, _ = chunk_plan(x, num_particles, memory_budget)
+    # a refined guide is tied to its chunk of datapoints, and its evaluation below must not split
+    # the chunk again: size chunks for the larger of the training and evaluation sample counts
+    chunks, _ = chunk_plan(x, max(num_particles, num_samples), memory_budget)
     history = torch.zeros(num_steps, dtype=torch.float64)
     keep = tail_length(num_samples) + 1
     out = {k: torch.empty(n, dtype=torch.float64) for k in ("am", "am_se", "re", "re_se", "ll", "khat")}
