@@ -223,8 +223,9 @@ class Batches:
 
         Example
         -------
-        >>> [idx.tolist() for idx, _ in Batches(torch.zeros(5, 2), 2, shuffle=False)]
-        [[0, 1], [2, 3], [4]]
+        >>> sizes = [idx.tolist() for idx, _ in Batches(torch.zeros(5, 2), 2, shuffle=False)]
+        >>> sizes == [[0, 1], [2, 3], [4]]
+        True
         """
         n = self.num_data
         device = self._x.device

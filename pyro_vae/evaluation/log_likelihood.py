@@ -16,7 +16,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
 from ..objectives.base import plain_vae
 from ..traces import guess_max_plate_nesting, log_weights, particle_traces

@@ -427,14 +427,19 @@ class ImportanceObjective(Objective):
         z_p = z.view_as(z)  # the model's copy of z: its gradient may be rescaled (routing hook)
         log_lik = decoder_log_prob(vae.decoder, z_p, x)
         log_prior = vae.prior().log_prob(z_p)
-        log_q = q.log_prob(z)
+        grad = torch.is_grad_enabled() and z.requires_grad
+        if self._stop_q and grad:
+            # log q at stopped parameters has the value of log q: compute it once
+            log_q_s = _stopped_log_prob(q, z, type(self).__name__)
+            log_q = log_q_s.detach()
+        else:
+            log_q = log_q_s = q.log_prob(z)
         logw = log_lik + log_prior - log_q  # as WeightParts.log_weights
         lw = logw.detach()
         self.last_log_weights = lw
         bound, c_model, c_sample = self._combine(lw)
         surrogate = torch.zeros((), dtype=lw.dtype, device=lw.device)
         if torch.is_grad_enabled() and logw.requires_grad:
-            log_q_s = _stopped_log_prob(q, z, type(self).__name__) if self._stop_q else log_q
             log_p = log_lik + log_prior
             if c_model is c_sample:
                 surrogate = (c_sample * (log_p - log_q_s)).sum()
@@ -558,6 +563,8 @@ class IWAE(MIWAE):
             ``"dreg"`` — doubly reparameterized: the encoder gets Σ_k w̃_k² ∂log w̃_k/∂z_k ∂z_k/∂φ
             (stopped-parameter log q), the decoder and prior the standard Σ_k w̃_k ∇_θ log w_k
             (Tucker et al.). STL and DReG gradients vanish when the guide is the exact posterior.
+            For K > 1 the STL gradient is biased for the IWAE bound (Tucker et al. 2019, §3;
+            ``tests/test_objectives.py`` measures the bias); DReG is unbiased.
 
     Example:
         >>> import pyro_vae as pv

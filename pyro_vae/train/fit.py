@@ -20,7 +20,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
 from .._typing import DeviceLike
 from ..data import Batches, DataError, validate_array
