@@ -70,7 +70,7 @@ def test_one_process_reproduces_fit_bit_for_bit_with_the_same_run_directory(tmp_
     g = torch.Generator().manual_seed(3)
     train, val = torch.rand(200, 20, generator=g), torch.rand(50, 20, generator=g)
     kw = dict(train=train, val=val, epochs=3, batch_size=32, dynamic_binarization=True, seed=5, progress=False,
-              **options)
+              log_grad_norm=True, **options)
     a, b = tiny_vae(20, 3, 16), tiny_vae(20, 3, 16)
     ha = pv.fit(a, run_dir=tmp_path / "fit", **kw)
     hb = fit_distributed(b, accelerator="cpu", run_dir=tmp_path / "lightning", **kw)
@@ -104,7 +104,8 @@ def test_one_ddp_step_equals_one_process_on_the_combined_batch_and_checkpoints_c
     train = digits[0][:32]
     run = tmp_path / "run"
     lr, seed = 1e-4, 5
-    kw = dict(train=train, batch_size=32, dynamic_binarization=True, seed=seed, optimizer="sgd", lr=lr, progress=False)
+    kw = dict(train=train, batch_size=32, dynamic_binarization=True, seed=seed, optimizer="sgd", lr=lr, progress=False,
+              log_grad_norm=True)
     # 1) one process, one epoch (one step): writes checkpoint.pt
     pv.fit(tiny_vae(), epochs=1, run_dir=run, **kw)
     state = load_checkpoint(run / "checkpoint.pt")

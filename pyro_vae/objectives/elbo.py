@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
+from pyro.infer.util import is_validation_enabled
 from torch.distributions import kl_divergence
 
 from ..traces import ParticleTraces, site_log_prob
@@ -66,25 +68,35 @@ class ELBO(Objective):
         return kl
 
     def _fast_loss(self, vae, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
-        """The same bound as the traced path for a plain VAE, without tracing (same draws)."""
+        """The same bound as the traced path for a plain VAE, without tracing (same draws).
+
+        The library's default components (diagonal-Normal encoder, N(0, I) prior, Bernoulli
+        decoder) take a specialised branch that skips building distribution objects: the same
+        tensor operations in the same order (bit-for-bit draws and likelihood; the closed-form
+        KL written for N(0, I), equal to rounding). Other components use their distributions.
+        """
         K, B = self.num_particles, x.shape[0]
         if num_data is not None and num_data < B:
             return None  # let the traced path raise its error
         scale = 1.0 if num_data is None else num_data / B
-        q = vae.encoder(x)
-        z = q.rsample((K,))  # the same draws as pyro.sample under a K-particle plate
-        rec = vae.decoder(z).log_prob(x)  # (K, B)
-        prior = vae.prior()
-        kl = None
-        if self.analytic_kl and self.kl_sites.get("z") != "monte carlo":
-            kl = self._kl({"name": "z", "fn": q}, {"name": "z", "fn": prior})
-        if kl is None:
-            self.kl_sites.setdefault("z", "monte carlo")
-            kl = q.log_prob(z) - prior.log_prob(z)  # (K, B)
-            kl_sum = kl.sum() / K
+        special = self._default_components_branch(vae, x, K)
+        if special is not None:
+            rec_sum, kl_sum = special
         else:
-            kl_sum = kl.sum()
-        rec_sum = rec.sum() / K
+            q = vae.encoder(x)
+            z = q.rsample((K,))  # the same draws as pyro.sample under a K-particle plate
+            rec = vae.decoder(z).log_prob(x)  # (K, B)
+            prior = vae.prior()
+            kl = None
+            if self.analytic_kl and self.kl_sites.get("z") != "monte carlo":
+                kl = self._kl({"name": "z", "fn": q}, {"name": "z", "fn": prior})
+            if kl is None:
+                self.kl_sites.setdefault("z", "monte carlo")
+                kl = q.log_prob(z) - prior.log_prob(z)  # (K, B)
+                kl_sum = kl.sum() / K
+            else:
+                kl_sum = kl.sum()
+            rec_sum = rec.sum() / K
         bound_sum = scale * (rec_sum - kl_sum)
         n_total = scale * B
         terms = Terms(
@@ -93,6 +105,36 @@ class ELBO(Objective):
             kl=(kl_sum / B).detach(),
         )
         return -bound_sum, terms
+
+    def _default_components_branch(self, vae, x: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(Σ E_q log p(x|z), Σ KL)`` for DiagNormalEncoder + StandardNormalPrior (+ Bernoulli
+        likelihood without objects), or ``None`` for any other combination."""
+        from ..encoders import _MIN_SCALE, DiagNormalEncoder
+        from ..priors import StandardNormalPrior
+        from .iwae import bernoulli_logits
+
+        mods = vae._modules  # the components, without PyroModule's attribute lookup
+        enc, dec, prior = mods["encoder"], mods["decoder"], mods["prior"]
+        if not (type(enc) is DiagNormalEncoder and type(prior) is StandardNormalPrior and self.analytic_kl
+                and self.kl_sites.get("z") != "monte carlo"):
+            return None
+        loc, log_scale, _ = enc._heads(x)
+        sd = log_scale.exp() + _MIN_SCALE  # DiagNormalEncoder.forward's scale
+        if is_validation_enabled() and not bool(((loc == loc).all() & (sd > 0).all())):
+            return None  # the general path raises Normal's validation error
+        # q.rsample((K,)): Normal.rsample draws empty(shape).normal_() then loc + eps * scale
+        eps = torch.empty((K, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
+        z = loc + eps * sd
+        zz = z if K > 1 else z[0]  # K = 1: the decoder on (B, L), as MLP folds (1, B, L) anyway
+        net = bernoulli_logits(dec)
+        if net is not None:  # Bernoulli(logits).to_event(1).log_prob(x) without the objects
+            logits = net(zz)
+            rec = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        else:
+            rec = dec(zz).log_prob(x)
+        kl = (0.5 * (loc.square() + sd.square() - 1.0) - sd.log()).sum(-1)  # KL(N(loc, sd²) ‖ N(0, I))
+        self.kl_sites["z"] = "analytic"
+        return (rec.sum() if K == 1 else rec.sum() / K), kl.sum()
 
     def _loss(self, traces: ParticleTraces) -> tuple[torch.Tensor, Terms]:
         K = traces.num_particles

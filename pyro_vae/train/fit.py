@@ -95,8 +95,14 @@ def train_step(
     num_data: int,
     grad_clip: float | None = None,
     terms: Callable[[], Any] | None = None,
+    grad_norm: bool = False,
 ) -> StepInfo:
-    """One update: ``loss = loss_fn(*args, **kwargs)``, backward, optional clipping, optimizer step."""
+    """One update: ``loss = loss_fn(*args, **kwargs)``, backward, optional clipping, optimizer step.
+
+    The total gradient norm (``StepInfo.grad_norm``) is computed when clipping or when
+    ``grad_norm=True``; otherwise it is ``nan`` (a norm per parameter and a host sync every
+    step cost 3–7% of a small model's step: ``docs/benchmarks.md``).
+    """
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(*args, **kwargs)
     if not torch.isfinite(loss):
@@ -105,13 +111,15 @@ def train_step(
             "(--grad-clip 10), or check the data for extreme values. The last checkpoint is intact."
         )
     loss.backward()
-    max_norm = grad_clip if grad_clip is not None else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = math.nan
+    if grad_clip is not None or grad_norm:
+        max_norm = grad_clip if grad_clip is not None else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     optimizer.step()
     t = terms() if terms is not None else None
     rec = float(t.reconstruction) if t is not None else math.nan
     kl = float(t.kl) if t is not None else math.nan
-    return StepInfo(float(loss.detach()) / num_data, rec, kl, grad_norm)
+    return StepInfo(float(loss.detach()) / num_data, rec, kl, norm)
 
 
 @torch.no_grad()
@@ -209,6 +217,7 @@ def fit(
     config: dict[str, Any] | None = None,
     progress: bool = True,
     tensorboard: bool = True,
+    log_grad_norm: bool = False,
     callbacks: Iterable[Callable[[int, dict[str, float]], None]] = (),
 ) -> History:
     """Train a model/guide pair by maximizing ``objective`` on minibatches of ``train``.
@@ -236,6 +245,8 @@ def fit(
             RNG and data-order state): the final numbers equal those of an uninterrupted run.
         overwrite: allow starting a new run in a ``run_dir`` that already holds one.
         config: a plain dict stored in the checkpoint (the CLI stores its resolved config).
+        log_grad_norm: record the mean total gradient norm per epoch (``grad_norm``; always
+            recorded when ``grad_clip`` is set). Off by default: it costs a few % per step.
         callbacks: ``f(epoch, metrics)`` called after each epoch.
 
     Returns:
@@ -388,7 +399,7 @@ def fit(
             sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "grad_norm": 0.0}
             seen = 0
             for _, xb in batches:
-                info = train_step(loss_fn, params, opt, (xb,), kw_step, num_data, grad_clip, terms)
+                info = train_step(loss_fn, params, opt, (xb,), kw_step, num_data, grad_clip, terms, log_grad_norm)
                 b = xb.shape[0]
                 seen += b
                 for k in sums:

@@ -223,6 +223,9 @@ class VAELightningModule(L.LightningModule):
         2
     """
 
+    #: report the mean gradient norm per epoch even without clipping (as ``fit(log_grad_norm=)``)
+    log_grad_norm: bool = False
+
     def __init__(
         self,
         model: VAE | Callable,
@@ -381,7 +384,8 @@ class VAELightningModule(L.LightningModule):
             "train_elbo": -float(sums[0]) / seen,
             "reconstruction": float(sums[1]) / seen,
             "kl": float(sums[2]) / seen,
-            "grad_norm": self._grad_norm_sum / steps,
+            # like fit: reported when clipping or asked for (log_grad_norm), else nan
+            "grad_norm": self._grad_norm_sum / steps if (self.grad_clip is not None or self.log_grad_norm) else math.nan,
             "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan,
             "seconds": seconds,
             "items_per_s": seen / seconds if seconds > 0 else math.nan,
@@ -624,6 +628,7 @@ def fit_distributed(
     config: dict[str, Any] | None = None,
     progress: bool = True,
     tensorboard: bool = True,
+    log_grad_norm: bool = False,
     callbacks: Iterable[Callable[[int, dict[str, float]], None]] = (),
     trainer_options: dict[str, Any] | None = None,
 ) -> History:
@@ -727,6 +732,7 @@ def fit_distributed(
     run = _RunCallback(seed=seed, first=first, state=state, run_dir=run_path, config=config,
                        tensorboard=tensorboard, callbacks=callbacks)
     module = _FitModule(model, objective, val=val, **module_kw)
+    module.log_grad_norm = log_grad_norm
     if not module.pass_num_data:
         warnings.warn(
             "model/guide do not take a num_data keyword, so minibatch bounds are not scaled to the data set; "
