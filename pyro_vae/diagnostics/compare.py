@@ -73,10 +73,10 @@ def compare_models(
         num_samples: importance samples per datapoint for models given as programs.
 
     Returns:
-        A :class:`pandas.DataFrame`, best model first, with columns ``rank``, ``elpd``, ``se``,
-        ``elpd_diff``, ``dse``, ``mc_se``, ``elpd_per_datapoint``, ``khat_max``, ``khat_bad``
-        (share of datapoints with k̂ > 0.7), ``warning`` and ``num_samples``; ``df.attrs`` holds
-        ``num_data`` and ``scale="log"``. Render it with :func:`markdown_table`.
+        pandas.DataFrame: best model first, with columns ``rank``, ``elpd``, ``se``, ``elpd_diff``,
+            ``dse``, ``mc_se``, ``elpd_per_datapoint``, ``khat_max``, ``khat_bad`` (the share of
+            datapoints with k̂ > 0.7), ``warning`` and ``num_samples``; ``df.attrs`` holds
+            ``num_data`` and ``scale="log"``. Render it with :func:`markdown_table`.
 
     Warns:
         KhatWarning: a model has datapoints with k̂ > 0.7 (named with their share).
