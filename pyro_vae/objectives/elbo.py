@@ -106,6 +106,11 @@ class ELBO(Objective):
         )
         return -bound_sum, terms
 
+    @staticmethod
+    def _run_net(net: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """How the default-components branch runs a network body (a hook for matmul back ends)."""
+        return net(h)
+
     def _default_components_branch(self, vae, x: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(Σ E_q log p(x|z), Σ KL)`` for DiagNormalEncoder + StandardNormalPrior (+ Bernoulli
         likelihood without objects), or ``None`` for any other combination."""
@@ -118,7 +123,8 @@ class ELBO(Objective):
         if not (type(enc) is DiagNormalEncoder and type(prior) is StandardNormalPrior and self.analytic_kl
                 and self.kl_sites.get("z") != "monte carlo"):
             return None
-        loc, log_scale, _ = enc._heads(x)
+        h = self._run_net(enc.net, x if enc.input_scale == 1.0 else x * enc.input_scale)  # enc._heads
+        loc, log_scale = h[..., : enc.latent_dim], h[..., enc.latent_dim : 2 * enc.latent_dim]
         sd = log_scale.exp() + _MIN_SCALE  # DiagNormalEncoder.forward's scale
         if is_validation_enabled() and not bool(((loc == loc).all() & (sd > 0).all())):
             return None  # the general path raises Normal's validation error
@@ -128,7 +134,7 @@ class ELBO(Objective):
         zz = z if K > 1 else z[0]  # K = 1: the decoder on (B, L), as MLP folds (1, B, L) anyway
         net = bernoulli_logits(dec)
         if net is not None:  # Bernoulli(logits).to_event(1).log_prob(x) without the objects
-            logits = net(zz)
+            logits = self._run_net(net, zz)
             rec = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
         else:
             rec = dec(zz).log_prob(x)

@@ -192,6 +192,74 @@ def _tensorboard(run_dir: Path | None, enabled: bool):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
+def check_fit_inputs(
+    where: str,
+    model: Any,
+    guide: Callable | None,
+    train: torch.Tensor | None,
+    val: torch.Tensor | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    grad_clip: float | None,
+    patience: int | None,
+    dynamic_binarization: bool,
+) -> VAE | None:
+    """The checks ``fit`` and ``fit_distributed`` run before anything is trained or written.
+
+    Returns the :class:`~pyro_vae.VAE` when ``model`` is one, else ``None``.
+    """
+    if train is None:
+        raise DataError(f"{where} needs training data: pass train=tensor of shape (N, D)")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 or None, got {patience}")
+    if patience is not None and val is None:
+        raise ValueError("early stopping (patience) needs validation data: pass val=")
+    vae = model if isinstance(model, VAE) else None
+    if vae is None and guide is None:
+        raise TypeError(f"{where}(model, ...) with a model function needs guide=; or pass a pyro_vae.VAE")
+    x_dim = vae.x_dim if vae is not None else None
+    validate_array(train, name="training data", x_dim=x_dim)
+    if val is not None:
+        validate_array(val, name="validation data", x_dim=x_dim)
+    if dynamic_binarization and bool(((train < 0) | (train > 1)).any()):
+        raise DataError("dynamic binarization needs intensities in [0, 1]; scale the data (pixel_scale='unit')")
+    if vae is not None:
+        # dynamic binarization samples binary pixels from intensities: check the sampled support
+        vae.decoder.check_data((train > 0.5).float() if dynamic_binarization else train, "training data")
+        if val is not None:
+            vae.decoder.check_data((val > 0.5).float() if dynamic_binarization else val, "validation data")
+    return vae
+
+
+def open_run(
+    run_dir: str | Path | None, resume: bool, overwrite: bool
+) -> tuple[Path | None, Path | None, dict[str, Any] | None]:
+    """``(run_path, checkpoint_path, state to resume or None)``; refuses to overwrite a run unasked."""
+    run_path = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run_path / CHECKPOINT if run_path is not None else None
+    state: dict[str, Any] | None = None
+    if resume:
+        if ckpt_path is None:
+            raise ValueError("resume=True needs run_dir= pointing at a previous run")
+        state = load_checkpoint(ckpt_path)
+    elif ckpt_path is not None and ckpt_path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{run_path} already holds a run ({CHECKPOINT}); pass resume=True (CLI --resume) to continue it, "
+            "overwrite=True (--overwrite) to replace it, or choose another run_dir (--run-dir)"
+        )
+    return run_path, ckpt_path, state
+
+
 def fit(
     model: VAE | Callable,
     objective: pyro.infer.ELBO | None = None,
@@ -262,53 +330,10 @@ def fit(
         2
     """
     # ---- validate everything before anything is trained or written ---------------------------
-    if train is None:
-        raise DataError("fit needs training data: pass train=tensor of shape (N, D)")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be >= 1 or None, got {patience}")
-    if patience is not None and val is None:
-        raise ValueError("early stopping (patience) needs validation data: pass val=")
-    if isinstance(model, VAE):
-        vae: VAE | None = model
-        model_fn, guide_fn = model.model, model.guide
-        x_dim = model.x_dim
-    else:
-        vae = None
-        if guide is None:
-            raise TypeError("fit(model, ...) with a model function needs guide=; or pass a pyro_vae.VAE")
-        model_fn, guide_fn = model, guide
-        x_dim = None
-    validate_array(train, name="training data", x_dim=x_dim)
-    if val is not None:
-        validate_array(val, name="validation data", x_dim=x_dim)
-    if vae is not None:
-        # dynamic binarization samples binary pixels from intensities: check the sampled support
-        probe = (train > 0.5).float() if dynamic_binarization else train
-        if dynamic_binarization and bool(((train < 0) | (train > 1)).any()):
-            raise DataError("dynamic binarization needs intensities in [0, 1]; scale the data (pixel_scale='unit')")
-        vae.decoder.check_data(probe, "training data")
-        if val is not None:
-            vae.decoder.check_data((val > 0.5).float() if dynamic_binarization else val, "validation data")
-    run_path = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_path / CHECKPOINT if run_path is not None else None
-    state: dict[str, Any] | None = None
-    if resume:
-        if ckpt_path is None:
-            raise ValueError("resume=True needs run_dir= pointing at a previous run")
-        state = load_checkpoint(ckpt_path)
-    elif ckpt_path is not None and ckpt_path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{run_path} already holds a run ({CHECKPOINT}); pass resume=True (CLI --resume) to continue it, "
-            "overwrite=True (--overwrite) to replace it, or choose another run_dir (--run-dir)"
-        )
+    vae = check_fit_inputs("fit", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
+                           grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization)
+    model_fn, guide_fn = (vae.model, vae.guide) if vae is not None else (model, guide)
+    run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
     objective = objective if objective is not None else ELBO()
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -489,4 +514,4 @@ def fit(
     return history
 
 
-__all__ = ["fit", "train_step", "evaluate_bound", "collect_parameters", "make_optimizer", "make_scheduler", "StepInfo", "History"]
+__all__ = ["fit", "train_step", "check_fit_inputs", "open_run", "evaluate_bound", "collect_parameters", "make_optimizer", "make_scheduler", "StepInfo", "History"]

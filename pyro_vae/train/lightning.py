@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from ..config import SCALING_STRATEGIES
-from ..data import Batches, DataError, validate_array
+from ..data import Batches, DataError
 from ..objectives import ELBO, find_warmup
 from ..vae import VAE
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -65,8 +65,10 @@ from .fit import (
     make_scheduler,
     _tensorboard,
     _write_metrics,
+    check_fit_inputs,
     collect_parameters,
     evaluate_bound,
+    open_run,
 )
 
 #: precisions offered: full, and automatic mixed precision (bf16 on CPUs and recent GPUs, fp16 on GPUs)
@@ -666,20 +668,6 @@ def fit_distributed(
         :class:`~pyro_vae.train.History` (in every process; with a spawn strategy, in the caller).
     """
     # ---- validate everything before anything is trained or written ---------------------------
-    if train is None:
-        raise DataError("fit_distributed needs training data: pass train=tensor of shape (N, D)")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be >= 1 or None, got {patience}")
-    if patience is not None and val is None:
-        raise ValueError("early stopping (patience) needs validation data: pass val=")
     for name, v in (("devices", devices), ("num_nodes", num_nodes)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -690,31 +678,9 @@ def fit_distributed(
     precision = _check_precision(precision, accelerator)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"accelerator={accelerator!r} requested but CUDA is not available; use accelerator='cpu'")
-    vae = model if isinstance(model, VAE) else None
-    if vae is None and guide is None:
-        raise TypeError("fit_distributed(model, ...) with a model function needs guide=; or pass a pyro_vae.VAE")
-    x_dim = vae.x_dim if vae is not None else None
-    validate_array(train, name="training data", x_dim=x_dim)
-    if val is not None:
-        validate_array(val, name="validation data", x_dim=x_dim)
-    if dynamic_binarization and bool(((train < 0) | (train > 1)).any()):
-        raise DataError("dynamic binarization needs intensities in [0, 1]; scale the data (pixel_scale='unit')")
-    if vae is not None:
-        vae.decoder.check_data((train > 0.5).float() if dynamic_binarization else train, "training data")
-        if val is not None:
-            vae.decoder.check_data((val > 0.5).float() if dynamic_binarization else val, "validation data")
-    run_path = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_path / CHECKPOINT if run_path is not None else None
-    state: dict[str, Any] | None = None
-    if resume:
-        if ckpt_path is None:
-            raise ValueError("resume=True needs run_dir= pointing at a previous run")
-        state = load_checkpoint(ckpt_path)
-    elif ckpt_path is not None and ckpt_path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{run_path} already holds a run ({CHECKPOINT}); pass resume=True (CLI --resume) to continue it, "
-            "overwrite=True (--overwrite) to replace it, or choose another run_dir (--run-dir)"
-        )
+    vae = check_fit_inputs("fit_distributed", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
+                           grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization)
+    run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
     num_data = int(train.shape[0])
     processes = devices * num_nodes
     if num_data < processes:
