@@ -125,48 +125,52 @@ def log_likelihood(
         return _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *args), kwargs)
+
+    def traced_weights(xb: torch.Tensor, _state: None, k: int) -> torch.Tensor:
+        tr = particle_traces(model, guide, (xb, *args), kwargs, k, max_plate_nesting, plate_name)
+        return log_weights(tr, plate_name)
+
+    return _accumulate(x, num_samples, points, samples, progress, lambda xb: None, traced_weights)
+
+
+def _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile) -> LogLikelihood:
+    """The fast path: the traced path's chunks and draws, without tracing (see :mod:`._fast`)."""
+    rows = _fast.block_rows(int(x[0].numel()), _fast._widths(vae.decoder), memory_budget, x.device)
+
+    def fast_weights(xb: torch.Tensor, q, k: int) -> torch.Tensor:
+        z = q.rsample((k,))  # the draws of the traced path's k-particle plate
+        return _fast.log_weights_chunk(vae, q, z, xb, rows, compile)
+
+    # the encoder runs once per datapoint chunk
+    return _accumulate(x, num_samples, points, samples, progress, vae.encoder, fast_weights)
+
+
+def _accumulate(
+    x: torch.Tensor,
+    num_samples: int,
+    points: int,
+    samples: int,
+    progress: bool,
+    prepare: Callable[[torch.Tensor], Any],
+    weights: Callable[[torch.Tensor, Any, int], torch.Tensor],
+) -> LogLikelihood:
+    """Per-datapoint log (1/K) Σ w and ESS over datapoint chunks of ``points`` rows and sample
+    chunks of ``samples`` draws; ``weights(x_chunk, prepare(x_chunk), k)`` gives ``(k, b)`` log weights."""
+    n = x.shape[0]
     out = torch.empty(n, dtype=torch.float64)
     ess = torch.empty(n, dtype=torch.float64)
     chunks = [(i, min(i + points, n)) for i in range(0, n, points)]
     bar = tqdm(total=len(chunks) * math.ceil(num_samples / samples), desc="log-likelihood", disable=not progress, leave=False)
     for lo, hi in chunks:
         xb = x[lo:hi]
+        state = prepare(xb)
         # running log Σ w and log Σ w² over sample chunks
         lse = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
         lse2 = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
         done = 0
         while done < num_samples:
             k = min(samples, num_samples - done)
-            tr = particle_traces(model, guide, (xb, *args), kwargs, k, max_plate_nesting, plate_name)
-            lw = log_weights(tr, plate_name).double()  # (k, b)
-            lse = torch.logaddexp(lse, torch.logsumexp(lw, dim=0).cpu())
-            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, dim=0).cpu())
-            done += k
-            bar.update()
-        out[lo:hi] = lse - math.log(num_samples)
-        ess[lo:hi] = torch.exp(2 * lse - lse2)
-    bar.close()
-    return _summary(out, ess, num_samples)
-
-
-def _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile) -> LogLikelihood:
-    """The fast path: the traced path's chunks and draws, without tracing (see :mod:`._fast`)."""
-    n = x.shape[0]
-    rows = _fast.block_rows(int(x[0].numel()), _fast._widths(vae.decoder), memory_budget, x.device)
-    out = torch.empty(n, dtype=torch.float64)
-    ess = torch.empty(n, dtype=torch.float64)
-    chunks = [(i, min(i + points, n)) for i in range(0, n, points)]
-    bar = tqdm(total=len(chunks) * math.ceil(num_samples / samples), desc="log-likelihood", disable=not progress, leave=False)
-    for lo, hi in chunks:
-        xb = x[lo:hi]
-        q = vae.encoder(xb)  # once per datapoint chunk
-        lse = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
-        lse2 = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
-        done = 0
-        while done < num_samples:
-            k = min(samples, num_samples - done)
-            z = q.rsample((k,))  # the draws of the traced path's k-particle plate
-            lw = _fast.log_weights_chunk(vae, q, z, xb, rows, compile).double()  # (k, b)
+            lw = weights(xb, state, k).double()  # (k, b)
             lse = torch.logaddexp(lse, torch.logsumexp(lw, dim=0).cpu())
             lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, dim=0).cpu())
             done += k
