@@ -68,6 +68,8 @@ COLUMNS: dict[str, str] = {
     "steps": "optimizer steps taken",
     "test_log_likelihood": "mean over test digits of log p(x) ≈ log (1/K_eval) Σ_k w_k (nats)",
     "test_log_likelihood_se": "its standard error across test digits (std / √N; nats)",
+    "delta_log_likelihood": "mean over test digits of this run's log p(x) minus the first run's (nats; 0 for the first)",
+    "delta_log_likelihood_se": "paired standard error of that difference: std of the per-digit differences / √N (nats)",
     "eval_samples": "K_eval: importance samples per test digit",
     "test_elbo": "single-particle ELBO per test digit, closed-form KL (nats)",
     "val_bound": "IWAE bound with val_samples particles on the validation split after the last epoch (nats)",
@@ -86,8 +88,20 @@ COLUMNS: dict[str, str] = {
 UNSUPPORTED_KEYS = ("patience", "accelerator", "devices", "num_nodes", "strategy", "precision")
 
 _NUMERIC = ("num_particles", "num_outer", "epochs", "steps", "test_log_likelihood", "test_log_likelihood_se",
+            "delta_log_likelihood", "delta_log_likelihood_se",
             "eval_samples", "test_elbo", "val_bound", "active_units", "latent_dim", "snr_encoder", "snr_decoder",
             "seconds_per_step", "train_seconds", "peak_memory_mb")
+
+
+def _paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean of ``a − b`` over paired datapoints and its standard error (std with n − 1, / √n).
+
+    Every objective is scored on the same test digits, so the spread in digit difficulty that
+    dominates each run's own standard error cancels in the difference."""
+    d = a - b
+    n = d.numel()
+    se = float(d.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
+    return float(d.mean()), se
 
 
 # -- gradient signal-to-noise ratio -------------------------------------------------------------
@@ -342,6 +356,9 @@ class ComparisonResult:
         settings: the resolved base config and every option of the comparison.
         models: the trained :class:`~pyro_vae.VAE` per objective label (in eval mode; not
             part of :meth:`to_dict`), for further diagnostics.
+        log_likelihoods: per objective label, the per-test-digit log p(x) estimates (the same
+            digits, in the same order, for every label), from which the paired differences of
+            the table come.
     """
 
     table: list[dict[str, Any]]
@@ -349,13 +366,15 @@ class ComparisonResult:
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     models: dict[str, VAE] = field(default_factory=dict, repr=False)
+    log_likelihoods: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     # -- text ----------------------------------------------------------------------------------
     def to_markdown(self) -> str:
         """The table (and the SNR-against-K table, if measured) as GitHub markdown."""
         s = self.settings
         ev = s.get("eval_samples", "?")
-        head = ["objective", "K", "test log p(x)", "test ELBO", "active units", "SNR enc", "SNR dec",
+        first = self.table[0]["objective"] if self.table else "?"
+        head = ["objective", "K", "test log p(x)", f"Δ vs {first}", "test ELBO", "active units", "SNR enc", "SNR dec",
                 "s/step", "train s", "peak MiB"]
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for r in self.table:
@@ -363,6 +382,7 @@ class ComparisonResult:
             lines.append("| " + " | ".join([
                 str(r["objective"]), k,
                 f"{r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_se']:.2f}",
+                _fmt_delta(r) if r is not self.table[0] else "—",
                 f"{r['test_elbo']:.2f}",
                 f"{r['active_units']} / {r['latent_dim']}",
                 _fmt(r["snr_encoder"], 3), _fmt(r["snr_decoder"], 3),
@@ -372,7 +392,8 @@ class ComparisonResult:
         methods = sorted({str(r["memory_method"]) for r in self.table})
         out += (
             f"\nlog p(x): importance sampling with K = {ev} per test digit, mean ± standard error over "
-            f"{s.get('num_test', '?')} test digits; test ELBO: one particle, closed-form KL (nats). "
+            f"{s.get('num_test', '?')} test digits; Δ: mean per-digit difference from {first}'s log p(x) ± its "
+            f"paired standard error (same digits, so the digits' spread in difficulty cancels); test ELBO: one particle, closed-form KL (nats). "
             f"SNR: mean over weight elements of |E g| / std g over {s.get('snr_repeats', '?')} gradients at the "
             f"trained parameters ({_snr_data_text(s.get('snr_data'))}), each objective's own estimator and K. "
             f"s/step: median over {self.table[0]['steps'] if self.table else '?'} steps. "
@@ -400,13 +421,15 @@ class ComparisonResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the models, JSON-serializable."""
-        return {"table": self.table, "snr_curve": self.snr_curve, "curves": self.curves, "settings": self.settings}
+        return {"table": self.table, "snr_curve": self.snr_curve, "curves": self.curves, "settings": self.settings,
+                "log_likelihoods": self.log_likelihoods}
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> "ComparisonResult":
         """Read a ``result.json`` written by :meth:`write` (to redraw figures or tables; no models)."""
         d = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(d["table"], d.get("snr_curve", []), d.get("curves", {}), d.get("settings", {}))
+        return cls(d["table"], d.get("snr_curve", []), d.get("curves", {}), d.get("settings", {}),
+                   log_likelihoods=d.get("log_likelihoods", {}))
 
     # -- figures ---------------------------------------------------------------------------------
     def plot_loglik_vs_time(self, path: str | os.PathLike[str] | None = None):
@@ -493,6 +516,13 @@ def _fmt(v: Any, digits: int) -> str:
     except (TypeError, ValueError):
         return str(v)
     return "n/a" if not math.isfinite(f) else f"{f:.{digits}f}"
+
+
+def _fmt_delta(r: Mapping[str, Any]) -> str:
+    d, se = r.get("delta_log_likelihood", math.nan), r.get("delta_log_likelihood_se", math.nan)
+    if d is None or not math.isfinite(float(d)):  # a result.json written before the column existed
+        return "—"
+    return f"{float(d):+.2f} ± {float(se):.2f}"
 
 
 def _snr_data_text(mode: Any) -> str:
@@ -727,6 +757,7 @@ def compare(
     au_method = "not computed"
     curves: dict[str, list[dict[str, float]]] = {}
     models: dict[str, VAE] = {}
+    lls: dict[str, torch.Tensor] = {}
     for label, cfg in configs.items():
         vae = build_vae(cfg, data.x_dim, data.image_shape, train)
         objective = build_objective(cfg)
@@ -751,6 +782,8 @@ def compare(
                                        batch_source=batch_source)
                 n_active, au_method = active_units(vae, test)
         m = mem.get(label, {"peak_memory_mb": math.nan, "memory_method": "not measured"})
+        lls[label] = ll.per_datapoint.detach().double().cpu()
+        delta, delta_se = _paired_difference(lls[label], lls[labels[0]])
         row = {
             "objective": label,
             "config_objective": cfg.objective,
@@ -760,6 +793,8 @@ def compare(
             "steps": len(step_times),
             "test_log_likelihood": ll.mean,
             "test_log_likelihood_se": ll.stderr,
+            "delta_log_likelihood": delta,
+            "delta_log_likelihood_se": delta_se,
             "eval_samples": eval_samples,
             "test_elbo": test_elbo,
             "val_bound": curve[-1]["val_bound"] if curve else math.nan,
@@ -813,7 +848,8 @@ def compare(
         "machine": f"{platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
                    f"torch {torch.__version__}, pyro {pyro.__version__}",
     }
-    result = ComparisonResult(rows, snr_curve, curves, settings, models)
+    result = ComparisonResult(rows, snr_curve, curves, settings, models,
+                              {k: [float(v) for v in t] for k, t in lls.items()})
     if out_dir is not None:
         for p in result.write(out_dir):
             say(f"wrote {p}")

@@ -61,6 +61,26 @@ def test_rows_are_complete_and_finite(outcome):
     assert len(result.curves["iwae"]) == 1 and math.isfinite(result.curves["iwae"][0]["val_bound"])
 
 
+def test_paired_differences(outcome):
+    result, _ = outcome
+    base = torch.tensor(result.log_likelihoods["elbo"], dtype=torch.float64)
+    assert base.numel() == 500  # every test digit, in order
+    first = result.table[0]
+    assert first["delta_log_likelihood"] == 0.0 and first["delta_log_likelihood_se"] == 0.0
+    for row in result.table[1:]:
+        ll = torch.tensor(result.log_likelihoods[row["objective"]], dtype=torch.float64)
+        assert ll.mean().item() == pytest.approx(row["test_log_likelihood"], abs=1e-4)
+        d = ll - base
+        assert row["delta_log_likelihood"] == pytest.approx(row["test_log_likelihood"] - first["test_log_likelihood"],
+                                                            abs=1e-4)
+        se = math.sqrt(sum((v - d.mean().item()) ** 2 for v in d.tolist()) / (len(d) - 1) / len(d))
+        assert row["delta_log_likelihood_se"] == pytest.approx(se, rel=1e-9)
+        # the digits' shared difficulty cancels: the paired SE is far below either run's own SE
+        assert row["delta_log_likelihood_se"] < 0.5 * min(row["test_log_likelihood_se"], first["test_log_likelihood_se"])
+    md = result.to_markdown()
+    assert "Δ vs elbo" in md and f"{result.table[1]['delta_log_likelihood']:+.2f} ±" in md
+
+
 def test_active_units_match_direct_count(outcome, data):
     from pyro_vae.cli.run import _eval_data
 
@@ -111,6 +131,8 @@ def test_outputs_written(outcome):
     assert [r["objective"] for r in rows] == ["elbo", "iwae", "dreg"]
     assert list(rows[0]) == list(C.COLUMNS)
     assert float(rows[1]["test_log_likelihood"]) == pytest.approx(result.table[1]["test_log_likelihood"])
+    again = C.ComparisonResult.from_json(out / "result.json")
+    assert again.log_likelihoods == result.log_likelihoods and again.to_markdown() == md
 
 
 def test_snr_of_known_gradient_distribution():
