@@ -73,6 +73,8 @@ COLUMNS: dict[str, str] = {
     "eval_samples": "K_eval: importance samples per test digit",
     "test_elbo": "single-particle ELBO per test digit, closed-form KL (nats)",
     "val_bound": "IWAE bound with val_samples particles on the validation split after the last epoch (nats)",
+    "khat_median": "median over test digits of the PSIS Pareto k̂ of the encoder as importance proposal (khat_samples draws)",
+    "khat_over_0_7": "fraction of test digits with k̂ > 0.7: their log p(x) estimate is unreliable (Vehtari et al.)",
     "active_units": "latent dims u with Cov_x(E_q[z_u|x]) > 0.01 over the test digits (Burda et al. 2016)",
     "latent_dim": "latent dimensions",
     "snr_encoder": "mean over encoder weight elements of |E g| / std g of the objective's own gradient",
@@ -89,8 +91,19 @@ UNSUPPORTED_KEYS = ("patience", "accelerator", "devices", "num_nodes", "strategy
 
 _NUMERIC = ("num_particles", "num_outer", "epochs", "steps", "test_log_likelihood", "test_log_likelihood_se",
             "delta_log_likelihood", "delta_log_likelihood_se",
-            "eval_samples", "test_elbo", "val_bound", "active_units", "latent_dim", "snr_encoder", "snr_decoder",
+            "eval_samples", "test_elbo", "val_bound", "khat_median", "khat_over_0_7", "active_units", "latent_dim", "snr_encoder", "snr_decoder",
             "seconds_per_step", "train_seconds", "peak_memory_mb")
+
+
+def _khat(vae: VAE, x: torch.Tensor, num_samples: int | None, memory_budget: float) -> torch.Tensor | None:
+    """Per-datapoint PSIS k̂ of ``vae``'s encoder as proposal on ``x`` (``None`` when skipped)."""
+    if num_samples is None:
+        return None
+    from .diagnostics import importance_diagnostics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sample-size / non-finite notices: the k̂ values say it
+        return importance_diagnostics(vae, x, num_samples=num_samples, memory_budget=memory_budget).khat
 
 
 def _paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -374,7 +387,7 @@ class ComparisonResult:
         s = self.settings
         ev = s.get("eval_samples", "?")
         first = self.table[0]["objective"] if self.table else "?"
-        head = ["objective", "K", "test log p(x)", f"Δ vs {first}", "test ELBO", "active units", "SNR enc", "SNR dec",
+        head = ["objective", "K", "test log p(x)", f"Δ vs {first}", "test ELBO", "k̂ median (> 0.7)", "active units", "SNR enc", "SNR dec",
                 "s/step", "train s", "peak MiB"]
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for r in self.table:
@@ -384,6 +397,7 @@ class ComparisonResult:
                 f"{r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_se']:.2f}",
                 _fmt_delta(r) if r is not self.table[0] else "—",
                 f"{r['test_elbo']:.2f}",
+                _fmt_khat(r),
                 f"{r['active_units']} / {r['latent_dim']}",
                 _fmt(r["snr_encoder"], 3), _fmt(r["snr_decoder"], 3),
                 _fmt(r["seconds_per_step"], 4), _fmt(r["train_seconds"], 1), _fmt(r["peak_memory_mb"], 1),
@@ -393,7 +407,9 @@ class ComparisonResult:
         out += (
             f"\nlog p(x): importance sampling with K = {ev} per test digit, mean ± standard error over "
             f"{s.get('num_test', '?')} test digits; Δ: mean per-digit difference from {first}'s log p(x) ± its "
-            f"paired standard error (same digits, so the digits' spread in difficulty cancels); test ELBO: one particle, closed-form KL (nats). "
+            f"paired standard error (same digits, so the digits' spread in difficulty cancels); k̂: median PSIS Pareto k̂ of the "
+            f"encoder as importance proposal over the test digits with {s.get('khat_samples', '?')} draws each, and the share "
+            f"above 0.7, where importance sampling (and so the log p(x) column) is unreliable; test ELBO: one particle, closed-form KL (nats). "
             f"SNR: mean over weight elements of |E g| / std g over {s.get('snr_repeats', '?')} gradients at the "
             f"trained parameters ({_snr_data_text(s.get('snr_data'))}), each objective's own estimator and K. "
             f"s/step: median over {self.table[0]['steps'] if self.table else '?'} steps. "
@@ -518,6 +534,13 @@ def _fmt(v: Any, digits: int) -> str:
     return "n/a" if not math.isfinite(f) else f"{f:.{digits}f}"
 
 
+def _fmt_khat(r: Mapping[str, Any]) -> str:
+    k, frac = r.get("khat_median", math.nan), r.get("khat_over_0_7", math.nan)
+    if k is None or not math.isfinite(float(frac)):
+        return "—"
+    return f"{float(k):.2f} ({100 * float(frac):.0f}%)"
+
+
 def _fmt_delta(r: Mapping[str, Any]) -> str:
     d, se = r.get("delta_log_likelihood", math.nan), r.get("delta_log_likelihood_se", math.nan)
     if d is None or not math.isfinite(float(d)):  # a result.json written before the column existed
@@ -618,6 +641,7 @@ def compare(
     data: DataSplits | None = None,
     train_limit: int | None = None,
     eval_samples: int = 5000,
+    khat_samples: int | None = 1000,
     val_samples: int | None = 50,
     snr_repeats: int = 100,
     snr_data: str = "fixed",
@@ -650,6 +674,9 @@ def compare(
             :func:`pyro_vae.cli.run.load_data`).
         train_limit: train on the first ``train_limit`` training rows only.
         eval_samples: importance samples per test datapoint for the test log-likelihood.
+        khat_samples: importance samples per test datapoint for the Pareto k̂ of each trained
+            encoder (:func:`pyro_vae.diagnostics.importance_diagnostics`; at least 25);
+            ``None`` skips it.
         val_samples: K of the IWAE bound evaluated on the validation split after every epoch (the
             learning curves); ``None`` skips it.
         snr_repeats: gradients per SNR estimate (≥ 2).
@@ -674,6 +701,8 @@ def compare(
     # ---- validate everything first ---------------------------------------------------------------
     configs = _resolve(objectives, base if base is not None else {}, num_particles)
     _check_int("eval_samples", eval_samples, 1)
+    if khat_samples is not None:
+        _check_int("khat_samples", khat_samples, 25, " (a Pareto tail needs 5 weights)")
     _check_int("snr_repeats", snr_repeats, 2, " (a standard deviation needs two gradients)")
     _check_int("memory_steps", memory_steps, 1)
     if val_samples is not None:
@@ -781,6 +810,7 @@ def compare(
                 snr = vae_gradient_snr(vae, objective, snr_batch, snr_repeats, num_data=num_data, seed=cfg.seed + 3,
                                        batch_source=batch_source)
                 n_active, au_method = active_units(vae, test)
+                khat = _khat(vae, test, khat_samples, cfg.eval_memory_mb * 2**20)
         m = mem.get(label, {"peak_memory_mb": math.nan, "memory_method": "not measured"})
         lls[label] = ll.per_datapoint.detach().double().cpu()
         delta, delta_se = _paired_difference(lls[label], lls[labels[0]])
@@ -798,6 +828,8 @@ def compare(
             "eval_samples": eval_samples,
             "test_elbo": test_elbo,
             "val_bound": curve[-1]["val_bound"] if curve else math.nan,
+            "khat_median": float(khat.median()) if khat is not None else math.nan,
+            "khat_over_0_7": float((khat > 0.7).double().mean()) if khat is not None else math.nan,
             "active_units": n_active,
             "latent_dim": cfg.latent_dim,
             "snr_encoder": snr.get("encoder", math.nan),
@@ -836,6 +868,7 @@ def compare(
         "num_val": 0 if val is None else int(val.shape[0]),
         "num_test": int(test.shape[0]),
         "eval_samples": eval_samples,
+        "khat_samples": khat_samples,
         "val_samples": val_samples,
         "snr_repeats": snr_repeats,
         "snr_data": snr_data,

@@ -38,7 +38,7 @@ def data():
 def outcome(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     result = C.compare(
-        ["elbo", "iwae", "dreg"], TINY, num_particles=4, data=data, train_limit=300, eval_samples=10,
+        ["elbo", "iwae", "dreg"], TINY, num_particles=4, data=data, train_limit=300, eval_samples=10, khat_samples=100,
         val_samples=2, snr_repeats=4, snr_ks=(1, 4), memory=True, memory_steps=2, out_dir=out, progress=False,
     )
     return result, out
@@ -54,6 +54,7 @@ def test_rows_are_complete_and_finite(outcome):
             assert math.isfinite(float(row[key])), (row["objective"], key, row[key])
         assert row["steps"] == 3  # 300 rows, batch 128
         assert 0 <= row["active_units"] <= 3
+        assert 0.0 <= row["khat_over_0_7"] <= 1.0 and row["khat_median"] < 5.0
         assert row["snr_encoder"] > 0 and row["snr_decoder"] > 0
         assert row["seconds_per_step"] > 0 and row["peak_memory_mb"] >= 0
         assert row["test_log_likelihood"] < 0 and row["test_log_likelihood_se"] > 0
@@ -79,6 +80,21 @@ def test_paired_differences(outcome):
         assert row["delta_log_likelihood_se"] < 0.5 * min(row["test_log_likelihood_se"], first["test_log_likelihood_se"])
     md = result.to_markdown()
     assert "Δ vs elbo" in md and f"{result.table[1]['delta_log_likelihood']:+.2f} ±" in md
+
+
+def test_khat_columns_agree_with_a_fresh_importance_diagnosis(outcome, data):
+    from pyro_vae.cli.run import _eval_data
+    from pyro_vae.diagnostics import importance_diagnostics
+
+    result, _ = outcome
+    test = _eval_data(data, load_config(None, TINY))
+    torch.manual_seed(123)  # other draws than compare's: the medians agree up to Monte Carlo error
+    for row in result.table:
+        khat = importance_diagnostics(result.models[row["objective"]], test, num_samples=100).khat
+        assert abs(float(khat.median()) - row["khat_median"]) < 0.1
+        assert abs(float((khat > 0.7).double().mean()) - row["khat_over_0_7"]) < 0.1
+    assert result.settings["khat_samples"] == 100
+    assert "k̂ median (> 0.7)" in result.to_markdown()
 
 
 def test_active_units_match_direct_count(outcome, data):
@@ -202,6 +218,7 @@ def test_unknown_objective_lists_valid_ones(no_training):
         ({"snr_ks": (1, 0)}, "snr_ks"),
         ({"snr_at": "dreg"}, "snr_at = 'dreg' is not one of"),
         ({"snr_data": "both"}, "snr_data must be"),
+        ({"khat_samples": 10}, "khat_samples must be an integer >= 25"),
     ],
 )
 def test_bad_options_raise_before_training(no_training, kwargs, message):

@@ -48,6 +48,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, default=None, metavar="N", help="train on the first N training rows")
     p.add_argument("--val-samples", type=int, default=50, metavar="K",
                    help="K of the per-epoch validation IWAE bound (learning curves); 0 = off (default: 50)")
+    p.add_argument("--khat-samples", type=int, default=1000, metavar="K",
+                   help="importance samples per test digit for each encoder's Pareto k-hat (default: 1000; 0 skips)")
     p.add_argument("--snr-repeats", type=int, default=100, metavar="R", help="gradients per SNR estimate (default: 100)")
     p.add_argument("--snr-ks", default="1,10,100", metavar="LIST",
                    help="K values of the SNR-against-K curve, comma-separated; 'none' skips it (default: 1,10,100)")
@@ -132,6 +134,7 @@ def run(ns: argparse.Namespace) -> int:
             num_particles=ns.num_particles,
             train_limit=ns.train_limit,
             eval_samples=base.eval_samples,
+            khat_samples=ns.khat_samples or None,
             val_samples=ns.val_samples or None,
             snr_repeats=ns.snr_repeats,
             snr_data=ns.snr_data,
