@@ -17,6 +17,7 @@ import torch
 import pyro_vae as pv
 from benchmarks import hand_objectives as ho
 from benchmarks import models
+from benchmarks.proposals import ProposedBetaVAE, ProposedELBOOneDNN, ProposedFreeBits, ProposedKLWarmup
 from pyro_vae.objectives import CIWAE, ELBO, IWAE, MIWAE, PIWAE, BetaVAE, FreeBits, KLWarmup, RenyiBound
 
 N = 100  # data set size: the losses are scaled by N / B
@@ -214,3 +215,76 @@ def test_kl_warmup_starts_at_zero():
     assert_same(hand_run(loss_fn, hand, x, 1), lib_run(objective, vae, x, 1), RTOL64)
     assert_same(hand_run(lambda x: ho.beta_elbo_loss(hand, x, 0.0, N), hand, x, 1),
                 lib_run(BetaVAE(ELBO(), beta=0.0), vae, x, 1), RTOL64)
+
+
+# -- the proposed fast paths of the KL-weighting wrappers (benchmarks/proposals.py) ----------------------
+PROPOSALS = [
+    (lambda: BetaVAE(ELBO(), beta=4.0), lambda: ProposedBetaVAE(ELBO(), beta=4.0)),
+    (lambda: BetaVAE(ELBO(num_particles=3), beta=0.5), lambda: ProposedBetaVAE(ELBO(num_particles=3), beta=0.5)),
+    (lambda: KLWarmup(ELBO(), warmup_steps=10), lambda: ProposedKLWarmup(ELBO(), warmup_steps=10)),
+    (lambda: FreeBits(ELBO(), threshold=0.25), lambda: ProposedFreeBits(ELBO(), threshold=0.25)),
+    (lambda: FreeBits(ELBO(), threshold=20.0, groups="site"), lambda: ProposedFreeBits(ELBO(), threshold=20.0, groups="site")),
+    (lambda: FreeBits(ELBO(num_particles=2), threshold=0.1), lambda: ProposedFreeBits(ELBO(num_particles=2), threshold=0.1)),
+]
+
+
+def _no_tracing(objective):
+    def fail(*a, **k):
+        raise AssertionError("the proposal traced")
+
+    objective.traces = fail
+    return objective
+
+
+@pytest.mark.parametrize("current, proposed", PROPOSALS)
+def test_proposed_wrapper_fast_path_equals_the_traced_wrapper(current, proposed):
+    vae, hand = tiny()
+    x = batch()
+    cur, new = current(), _no_tracing(proposed())
+    for seed in (1, 2, 3):
+        a, b = lib_run(new, vae, x, seed), lib_run(cur, vae, x, seed)
+        assert_nontrivial(a)
+        assert_same(a, b, RTOL64)
+        for ta, tb in zip(new.last_terms, cur.last_terms):
+            torch.testing.assert_close(ta, tb, rtol=RTOL64, atol=1e-12)
+        assert getattr(new, "last_beta", None) == getattr(cur, "last_beta", None)
+        assert getattr(new, "step", None) == getattr(cur, "step", None)
+        if isinstance(cur, FreeBits):
+            assert new.kl_sites == cur.kl_sites == {"z": "analytic"}
+            torch.testing.assert_close(new.last_group_kl["z"], cur.last_group_kl["z"], rtol=RTOL64, atol=0.0)
+
+
+def test_proposed_wrappers_match_the_hand_written_baselines():
+    vae, hand = tiny()
+    x = batch()
+    for case, proposed in [("BetaVAE(ELBO(), beta=4)", ProposedBetaVAE(ELBO(), beta=4.0)),
+                           (f"FreeBits(ELBO(), threshold={ho.FREE_BITS})", ProposedFreeBits(ELBO(), threshold=ho.FREE_BITS))]:
+        _, loss_fn = setup(CASES[case], hand)
+        assert_same(hand_run(loss_fn, hand, x, 1), lib_run(_no_tracing(proposed), vae, x, 1), RTOL64)
+
+
+def test_proposed_wrappers_trace_what_they_do_not_cover():
+    """Other wrapped objectives and components trace (the warm-up counter advances once per call)."""
+    vae, _ = tiny()
+    x = batch()
+    for current, proposed in [(KLWarmup(IWAE(5), warmup_steps=10), ProposedKLWarmup(IWAE(5), warmup_steps=10)),
+                              (FreeBits(ELBO(analytic_kl=False), 0.1), ProposedFreeBits(ELBO(analytic_kl=False), 0.1))]:
+        assert_same(lib_run(proposed, vae, x, 1), lib_run(current, vae, x, 1), RTOL64)
+        assert getattr(proposed, "step", None) == getattr(current, "step", None)
+    torch.manual_seed(0)
+    other = pv.VAE(pv.encoders.DiagNormalEncoder(models.X_DIM, 2, hidden=(8,)),
+                   pv.decoders.BernoulliDecoder(2, models.X_DIM, hidden=(8,)),
+                   pv.priors.DiagonalGaussianPrior(2)).double()
+    cur, new = KLWarmup(ELBO(), warmup_steps=10), ProposedKLWarmup(ELBO(), warmup_steps=10)
+    assert_same(lib_run(new, other, x, 1), lib_run(cur, other, x, 1), RTOL64)
+    assert new.step == cur.step == 1
+
+
+def test_proposed_wrappers_around_the_onednn_elbo():
+    """Around ``ProposedELBOOneDNN`` (only ``_run_net`` differs) the proposals take the fast path too."""
+    net = models.NETS["softplus"]
+    vae = models.library_vae(net)
+    x = batch(80, torch.float32)  # ≥ 64 rows: the oneDNN matmul runs
+    for current, proposed in [(BetaVAE(ELBO(), beta=4.0), ProposedBetaVAE(ProposedELBOOneDNN(), beta=4.0)),
+                              (FreeBits(ELBO(), 0.25), ProposedFreeBits(ProposedELBOOneDNN(), 0.25))]:
+        assert_same(lib_run(_no_tracing(proposed), vae, x, 1), lib_run(current, vae, x, 1), RTOL32)
