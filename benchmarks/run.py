@@ -336,21 +336,16 @@ def section_iwae(cfg: argparse.Namespace, data: dict, log: Callable[[str], None]
 # every objective vs its hand-written counterpart
 # ----------------------------------------------------------------------------------------------------
 OBJECTIVES_TARGET = 1.00  # the IWAE section's target: no slower than hand-written
+ELBO_TARGET_128 = 1.05  # the ELBO step's target at batch 128, for the KL weightings of the ELBO
 
 
 def section_objectives(cfg: argparse.Namespace, data: dict, log: Callable[[str], None]) -> list[dict]:
     import pyro
 
     from benchmarks import hand_objectives, models
-    from benchmarks.proposals import ProposedBetaVAE, ProposedELBOOneDNN, ProposedFreeBits, ProposedKLWarmup
-    from pyro_vae.objectives import ELBO, BetaVAE, FreeBits, KLWarmup
+    from pyro_vae.objectives import ELBO
+    from pyro_vae.objectives.weighting import ObjectiveWrapper
 
-    proposals = {  # the same settings with the proposed _fast_loss, around the ELBO `inner`
-        BetaVAE: lambda o, inner: ProposedBetaVAE(inner, beta=o.beta),
-        KLWarmup: lambda o, inner: ProposedKLWarmup(inner, warmup_steps=o.warmup_steps, beta_start=o.beta_start,
-                                                    beta_end=o.beta_end),
-        FreeBits: lambda o, inner: ProposedFreeBits(inner, threshold=o.threshold, groups=o.groups),
-    }
     rows: list[dict] = []
     train = data["train"]
     N = train.shape[0]
@@ -372,30 +367,23 @@ def section_objectives(cfg: argparse.Namespace, data: dict, log: Callable[[str],
             hand_name: models.hand_step(hand, hopt, c.hand(hand, N)),
             lib: _lib_bare_step(copy.deepcopy(base), objective, N),
         }
-        proposal = proposals.get(type(objective))
-        if proposal is not None:  # the KL-weighting wrappers trace: the ELBO's fast path and the proposal
-            steps["pyro_vae ELBO() step (unweighted, fast path; for reference)"] = _lib_bare_step(
-                copy.deepcopy(base), ELBO(), N
-            )
-            steps[f"proposed {type(objective).__name__}._fast_loss: step"] = _lib_bare_step(
-                copy.deepcopy(base), proposal(objective, ELBO()), N
-            )
-            steps[f"proposed {type(objective).__name__}._fast_loss around ProposedELBOOneDNN (oneDNN matmul): step"] = (
-                _lib_bare_step(copy.deepcopy(base), proposal(objective, ProposedELBOOneDNN()), N)
-            )
+        wrapper = isinstance(objective, ObjectiveWrapper)
+        if wrapper:  # a KL weighting of the ELBO: the plain ELBO step for reference
+            steps["pyro_vae ELBO() step (unweighted; for reference)"] = _lib_bare_step(copy.deepcopy(base), ELBO(), N)
+        # the ELBO's target (performance issue: ≤ 1.05× at batch 128) for its weightings, IWAE's for the rest
+        target = ELBO_TARGET_128 if wrapper else OBJECTIVES_TARGET
         batches = _batches(train, B)
         fns = {name: (lambda f=f, nxt=_cycle(batches): f(nxt())) for name, f in steps.items()}
         t = _interleaved(fns, hand_name, cfg)
         for name in steps:
             if name == hand_name:
                 continue
-            is_target = name == lib or name.startswith("proposed")
+            is_target = name == lib
             rows.append(
                 _row(
                     "objectives", case, name, t, hand_name, net=net.label, batch=B, objective=c.label,
-                    target=(f"≤ {OBJECTIVES_TARGET:.2f}×" + (" (if adopted)" if name.startswith("proposed") else ""))
-                    if is_target else None,
-                    met=(t.ratio[name] <= OBJECTIVES_TARGET) if is_target else None,
+                    target=f"≤ {target:.2f}×" if is_target else None,
+                    met=(t.ratio[name] <= target) if is_target else None,
                 )
             )
         pyro.clear_param_store()
@@ -775,12 +763,11 @@ def markdown(result: dict) -> str:
             "same bound and gradient estimator (`benchmarks/hand_objectives.py`: plain tensor code on the hand-written "
             "VAE, the PIWAE gradient split by a hook on z, the KL-weighted ELBOs with the closed-form KL), each in its "
             "own interleaved run. `tests/test_hand_objectives.py` checks that, with the same seed, each pair gives the "
-            "same loss and parameter gradients. The target is the one set for IWAE: the library no slower than "
-            "hand-written (ratio ≤ 1.00×). `BetaVAE`, `KLWarmup` and `FreeBits` have no fast path and trace the Pyro "
-            "program every step; for them the table also shows the unweighted `ELBO()` step (fast path) and the "
-            "*proposed* wrapper fast path of `benchmarks/proposals.py` (same draws and numbers, tested against the "
-            "traced path), alone and around `ProposedELBOOneDNN` (the ELBO with oneDNN matmuls, proposal 3 of "
-            "performance.md).",
+            "same loss and parameter gradients. Targets: for the importance-weighted objectives the one set for IWAE "
+            "(the library no slower than hand-written, ≤ 1.00×); for `BetaVAE`, `KLWarmup` and `FreeBits` around the "
+            "ELBO the ELBO step's own target at batch 128 (≤ 1.05×), with the unweighted `ELBO()` step shown for "
+            "reference. The wrappers take the ELBO's fast path when they wrap a plain `ELBO` of the default "
+            "components (same draws and numbers as tracing, tested in `tests/test_hand_objectives.py`).",
             "",
             "| objective | contender | time / hand-written | ms/step (hand-written) | target | met |",
             "|---|---|---:|---:|---|---|",

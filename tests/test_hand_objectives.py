@@ -17,7 +17,7 @@ import torch
 import pyro_vae as pv
 from benchmarks import hand_objectives as ho
 from benchmarks import models
-from benchmarks.proposals import ProposedBetaVAE, ProposedELBOOneDNN, ProposedFreeBits, ProposedKLWarmup
+from benchmarks.proposals import ProposedELBOOneDNN
 from pyro_vae.objectives import CIWAE, ELBO, IWAE, MIWAE, PIWAE, BetaVAE, FreeBits, KLWarmup, RenyiBound
 
 N = 100  # data set size: the losses are scaled by N / B
@@ -217,30 +217,35 @@ def test_kl_warmup_starts_at_zero():
                 lib_run(BetaVAE(ELBO(), beta=0.0), vae, x, 1), RTOL64)
 
 
-# -- the proposed fast paths of the KL-weighting wrappers (benchmarks/proposals.py) ----------------------
-PROPOSALS = [
-    (lambda: BetaVAE(ELBO(), beta=4.0), lambda: ProposedBetaVAE(ELBO(), beta=4.0)),
-    (lambda: BetaVAE(ELBO(num_particles=3), beta=0.5), lambda: ProposedBetaVAE(ELBO(num_particles=3), beta=0.5)),
-    (lambda: KLWarmup(ELBO(), warmup_steps=10), lambda: ProposedKLWarmup(ELBO(), warmup_steps=10)),
-    (lambda: FreeBits(ELBO(), threshold=0.25), lambda: ProposedFreeBits(ELBO(), threshold=0.25)),
-    (lambda: FreeBits(ELBO(), threshold=20.0, groups="site"), lambda: ProposedFreeBits(ELBO(), threshold=20.0, groups="site")),
-    (lambda: FreeBits(ELBO(num_particles=2), threshold=0.1), lambda: ProposedFreeBits(ELBO(num_particles=2), threshold=0.1)),
+# -- the fast path of the KL-weighting wrappers (objectives/weighting.py) --------------------------------
+WRAPPERS = [
+    lambda: BetaVAE(ELBO(), beta=4.0),
+    lambda: BetaVAE(ELBO(num_particles=3), beta=0.5),
+    lambda: KLWarmup(ELBO(), warmup_steps=10),
+    lambda: FreeBits(ELBO(), threshold=0.25),
+    lambda: FreeBits(ELBO(), threshold=20.0, groups="site"),
+    lambda: FreeBits(ELBO(num_particles=2), threshold=0.1),
 ]
 
 
 def _no_tracing(objective):
     def fail(*a, **k):
-        raise AssertionError("the proposal traced")
+        raise AssertionError("the fast path traced")
 
     objective.traces = fail
     return objective
 
 
-@pytest.mark.parametrize("current, proposed", PROPOSALS)
-def test_proposed_wrapper_fast_path_equals_the_traced_wrapper(current, proposed):
+def _traced(objective):
+    objective.use_fast_path = False
+    return objective
+
+
+@pytest.mark.parametrize("make", WRAPPERS)
+def test_wrapper_fast_path_equals_the_traced_wrapper(make):
     vae, hand = tiny()
     x = batch()
-    cur, new = current(), _no_tracing(proposed())
+    cur, new = _traced(make()), _no_tracing(make())
     for seed in (1, 2, 3):
         a, b = lib_run(new, vae, x, seed), lib_run(cur, vae, x, seed)
         assert_nontrivial(a)
@@ -254,37 +259,42 @@ def test_proposed_wrapper_fast_path_equals_the_traced_wrapper(current, proposed)
             torch.testing.assert_close(new.last_group_kl["z"], cur.last_group_kl["z"], rtol=RTOL64, atol=0.0)
 
 
-def test_proposed_wrappers_match_the_hand_written_baselines():
+def test_wrapper_fast_path_matches_the_hand_written_baselines():
     vae, hand = tiny()
     x = batch()
-    for case, proposed in [("BetaVAE(ELBO(), beta=4)", ProposedBetaVAE(ELBO(), beta=4.0)),
-                           (f"FreeBits(ELBO(), threshold={ho.FREE_BITS})", ProposedFreeBits(ELBO(), threshold=ho.FREE_BITS))]:
+    for case, objective in [("BetaVAE(ELBO(), beta=4)", BetaVAE(ELBO(), beta=4.0)),
+                            (f"FreeBits(ELBO(), threshold={ho.FREE_BITS})", FreeBits(ELBO(), threshold=ho.FREE_BITS))]:
         _, loss_fn = setup(CASES[case], hand)
-        assert_same(hand_run(loss_fn, hand, x, 1), lib_run(_no_tracing(proposed), vae, x, 1), RTOL64)
+        assert_same(hand_run(loss_fn, hand, x, 1), lib_run(_no_tracing(objective), vae, x, 1), RTOL64)
 
 
-def test_proposed_wrappers_trace_what_they_do_not_cover():
+def test_wrappers_trace_what_the_fast_path_does_not_cover():
     """Other wrapped objectives and components trace (the warm-up counter advances once per call)."""
     vae, _ = tiny()
     x = batch()
-    for current, proposed in [(KLWarmup(IWAE(5), warmup_steps=10), ProposedKLWarmup(IWAE(5), warmup_steps=10)),
-                              (FreeBits(ELBO(analytic_kl=False), 0.1), ProposedFreeBits(ELBO(analytic_kl=False), 0.1))]:
-        assert_same(lib_run(proposed, vae, x, 1), lib_run(current, vae, x, 1), RTOL64)
-        assert getattr(proposed, "step", None) == getattr(current, "step", None)
+    for make in (lambda: KLWarmup(IWAE(5), warmup_steps=10), lambda: FreeBits(ELBO(analytic_kl=False), 0.1),
+                 lambda: FreeBits(ELBO(), 0.1, analytic_kl=False), lambda: BetaVAE(BetaVAE(ELBO(), 2.0), 2.0)):
+        fast, traced = make(), _traced(make())
+        calls = []
+        original = fast.traces
+        fast.traces = lambda *a, **k: calls.append(1) or original(*a, **k)
+        assert_same(lib_run(fast, vae, x, 1), lib_run(traced, vae, x, 1), RTOL64)
+        assert calls == [1]  # it traced
+        assert getattr(fast, "step", None) == getattr(traced, "step", None)
     torch.manual_seed(0)
     other = pv.VAE(pv.encoders.DiagNormalEncoder(models.X_DIM, 2, hidden=(8,)),
                    pv.decoders.BernoulliDecoder(2, models.X_DIM, hidden=(8,)),
                    pv.priors.DiagonalGaussianPrior(2)).double()
-    cur, new = KLWarmup(ELBO(), warmup_steps=10), ProposedKLWarmup(ELBO(), warmup_steps=10)
+    cur, new = _traced(KLWarmup(ELBO(), warmup_steps=10)), KLWarmup(ELBO(), warmup_steps=10)
     assert_same(lib_run(new, other, x, 1), lib_run(cur, other, x, 1), RTOL64)
     assert new.step == cur.step == 1
 
 
-def test_proposed_wrappers_around_the_onednn_elbo():
-    """Around ``ProposedELBOOneDNN`` (only ``_run_net`` differs) the proposals take the fast path too."""
+def test_wrapper_fast_path_around_the_onednn_elbo():
+    """Around ``ProposedELBOOneDNN`` (only ``_run_net`` differs) the wrappers take the fast path too."""
     net = models.NETS["softplus"]
     vae = models.library_vae(net)
     x = batch(80, torch.float32)  # ≥ 64 rows: the oneDNN matmul runs
-    for current, proposed in [(BetaVAE(ELBO(), beta=4.0), ProposedBetaVAE(ProposedELBOOneDNN(), beta=4.0)),
-                              (FreeBits(ELBO(), 0.25), ProposedFreeBits(ProposedELBOOneDNN(), 0.25))]:
-        assert_same(lib_run(_no_tracing(proposed), vae, x, 1), lib_run(current, vae, x, 1), RTOL32)
+    for current, fast in [(BetaVAE(ELBO(), beta=4.0), BetaVAE(ProposedELBOOneDNN(), beta=4.0)),
+                          (FreeBits(ELBO(), 0.25), FreeBits(ProposedELBOOneDNN(), 0.25))]:
+        assert_same(lib_run(_no_tracing(fast), vae, x, 1), lib_run(_traced(current), vae, x, 1), RTOL32)

@@ -81,7 +81,7 @@ class ELBO(Objective):
         scale = 1.0 if num_data is None else num_data / B
         special = self._default_components_branch(vae, x, K)
         if special is not None:
-            rec_sum, kl_sum = special
+            rec_sum, kl_sum = special[0], special[1].sum()
         else:
             q = vae.encoder(x)
             z = q.rsample((K,))  # the same draws as pyro.sample under a K-particle plate
@@ -112,8 +112,10 @@ class ELBO(Objective):
         return net(h)
 
     def _default_components_branch(self, vae, x: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(Σ E_q log p(x|z), Σ KL)`` for DiagNormalEncoder + StandardNormalPrior (+ Bernoulli
-        likelihood without objects), or ``None`` for any other combination."""
+        """``(Σ_b E_q log p(x_b|z), KL)`` for DiagNormalEncoder + StandardNormalPrior (+ Bernoulli
+        likelihood without objects), or ``None`` for any other combination. ``KL`` is the closed
+        form per datapoint and latent dimension, ``(B, L)`` (the KL-weighting wrappers use it
+        per dimension)."""
         from ..encoders import _MIN_SCALE, DiagNormalEncoder
         from ..priors import StandardNormalPrior
         from .iwae import bernoulli_logits
@@ -138,9 +140,9 @@ class ELBO(Objective):
             rec = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
         else:
             rec = dec(zz).log_prob(x)
-        kl = (0.5 * (loc.square() + sd.square() - 1.0) - sd.log()).sum(-1)  # KL(N(loc, sd²) ‖ N(0, I))
+        kl = 0.5 * (loc.square() + sd.square() - 1.0) - sd.log()  # KL(N(loc, sd²) ‖ N(0, 1)) per dimension
         self.kl_sites["z"] = "analytic"
-        return (rec.sum() if K == 1 else rec.sum() / K), kl.sum()
+        return (rec.sum() if K == 1 else rec.sum() / K), kl
 
     def _loss(self, traces: ParticleTraces) -> tuple[torch.Tensor, Terms]:
         K = traces.num_particles

@@ -224,8 +224,44 @@ class ObjectiveWrapper(Objective):
         return self.objective._loss(traces)
 
 
+def _default_elbo_parts(wrapper: ObjectiveWrapper, vae: Any, x: torch.Tensor,
+                        num_data: int | None) -> tuple[float, torch.Tensor, torch.Tensor] | None:
+    """``(N/B, Σ_b E_q log p(x_b|z), KL (B, L))`` from the ELBO's default-components branch when
+    ``wrapper`` wraps a library :class:`~pyro_vae.objectives.ELBO` (or a subclass that changes
+    only how it runs its networks) of a VAE with the default components; ``None`` otherwise
+    (then the wrapper traces, with the same draws)."""
+    from .elbo import ELBO
+
+    inner = wrapper.objective
+    cls = type(inner)
+    if not isinstance(inner, ELBO) or any(
+        getattr(cls, name) is not getattr(ELBO, name) for name in ("_loss", "_fast_loss", "_default_components_branch", "_kl")
+    ):
+        return None
+    if num_data is not None and num_data < x.shape[0]:
+        return None  # the data plate raises the error
+    parts = inner._default_components_branch(vae, x, inner.num_particles)
+    if parts is None:
+        return None
+    return (1.0 if num_data is None else num_data / x.shape[0]), parts[0], parts[1]
+
+
 class _LatentScaled(ObjectiveWrapper):
     """Scales latent sites by :attr:`beta` (see the module docstring)."""
+
+    def _fast_loss(self, vae: Any, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
+        """N/B Σ_b (E_q log p(x_b|z) − β KL_b) without tracing, for a wrapped default-components ELBO."""
+        parts = _default_elbo_parts(self, vae, x, num_data)
+        if parts is None:
+            return None  # trace (a warm-up counter has not advanced)
+        scale, rec_sum, kl = parts
+        beta = self._current_beta()  # advances KLWarmup's counter, as _programs does when tracing
+        self.last_beta = beta
+        kl_sum, B = kl.sum(), x.shape[0]
+        bound_sum = scale * (rec_sum - beta * kl_sum)
+        terms = Terms(bound=(bound_sum / (scale * B)).detach(), reconstruction=(rec_sum / B).detach(),
+                      kl=(kl_sum / B).detach())
+        return -bound_sum, terms
 
     @property
     def beta(self) -> float:  # pragma: no cover - abstract
@@ -374,6 +410,26 @@ class FreeBits(ObjectiveWrapper):
         if self._analytic is not None:
             return bool(self._analytic)
         return bool(getattr(self.objective, "analytic_kl", True))
+
+    def _fast_loss(self, vae: Any, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
+        """The ELBO loss plus N · Σ_j max(0, λ − KL̄_j) without tracing, for a wrapped
+        default-components ELBO with closed-form KLs."""
+        parts = _default_elbo_parts(self, vae, x, num_data) if self.analytic_kl else None
+        if parts is None:
+            return None
+        scale, rec_sum, kl = parts
+        B = x.shape[0]
+        kl_sum = kl.sum()
+        groups = kl if self.groups == "dim" else kl.sum(-1, keepdim=True)
+        kl_bar = groups.mean(0)
+        penalty = torch.clamp(self.threshold - kl_bar, min=0.0).sum()
+        self.kl_sites["z"] = "analytic"
+        self.last_group_kl = {"z": kl_bar.detach()}
+        bound_sum = scale * (rec_sum - kl_sum)
+        n_total = scale * B
+        terms = Terms(bound=(bound_sum / n_total - penalty).detach(), reconstruction=(rec_sum / B).detach(),
+                      kl=(kl_sum / B).detach())
+        return -bound_sum + n_total * penalty, terms
 
     def _loss(self, traces):  # noqa: D102
         loss, terms = self.objective._loss(traces)
