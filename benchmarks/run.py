@@ -118,6 +118,18 @@ def _lib_train_step(vae, objective, N: int, proposed: bool = False):
     return lambda x: step(loss_fn, params, opt, (x,), {"num_data": N}, N, None, terms)
 
 
+def _fresh_pair(net):
+    """The library VAE of ``net`` (fresh seeded weights), a hand-written copy and its Adam."""
+    import pyro
+
+    from benchmarks import models
+
+    pyro.enable_validation(True)
+    base = models.library_vae(net)
+    hand = models.HandVAE.like(base, net)
+    return base, hand, torch.optim.Adam(hand.parameters(), lr=1e-3)
+
+
 @contextlib.contextmanager
 def _torch_matmul(on: bool = True):
     """Make the fast paths use torch's default matmul instead of oneDNN's (ablation rows)."""
@@ -175,10 +187,7 @@ def section_train(cfg: argparse.Namespace, data: dict, log: Callable[[str], None
         for B in batch_sizes:
             case = f"{net.label}, batch {B}"
             log(f"train: {case}")
-            pyro.enable_validation(True)
-            base = models.library_vae(net)
-            hand = models.HandVAE.like(base, net)
-            hopt = torch.optim.Adam(hand.parameters(), lr=1e-3)
+            base, hand, hopt = _fresh_pair(net)
             hand_fn = models.hand_step(hand, hopt, lambda x, h=hand: -(N / x.shape[0]) * h.elbo(x).sum())
             steps = {
                 "hand-written PyTorch": hand_fn,
@@ -291,10 +300,7 @@ def section_iwae(cfg: argparse.Namespace, data: dict, log: Callable[[str], None]
         net = models.NETS[net_name]
         case = f"{net.label}, batch {B}, K={K}, {gradient}"
         log(f"iwae: {case}")
-        pyro.enable_validation(True)
-        base = models.library_vae(net)
-        hand = models.HandVAE.like(base, net)
-        hopt = torch.optim.Adam(hand.parameters(), lr=1e-3)
+        base, hand, hopt = _fresh_pair(net)
         hand_loss = hand.iwae_loss if gradient == "standard" else hand.dreg_loss
         hand_name = "hand-written PyTorch IWAE" if gradient == "standard" else "hand-written PyTorch DReG"
         steps: dict[str, Callable] = {
@@ -356,10 +362,7 @@ def section_objectives(cfg: argparse.Namespace, data: dict, log: Callable[[str],
             continue
         case = f"{net.label}, batch {B}, {c.label}"
         log(f"objectives: {case}")
-        pyro.enable_validation(True)
-        base = models.library_vae(net)
-        hand = models.HandVAE.like(base, net)
-        hopt = torch.optim.Adam(hand.parameters(), lr=1e-3)
+        base, hand, hopt = _fresh_pair(net)
         hand_name = f"hand-written PyTorch: {c.hand_label}"
         lib = f"pyro_vae {c.label} step"
         objective = c.library()
