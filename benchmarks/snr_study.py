@@ -31,7 +31,6 @@ import argparse
 import copy
 import datetime as _dt
 import json
-import math
 import platform
 import shlex
 import sys
@@ -201,7 +200,7 @@ def _row(r: dict[str, Any]) -> str:
 def to_markdown(res: dict[str, Any], repeats: int) -> str:
     st = res["settings"]
     head = "| standard / DReG / ratio: mean over elements | median | global ‖E g‖/√Σvar |"
-    out = [f"# Encoder gradient SNR: standard IWAE vs DReG, measured several ways\n",
+    out = ["# Encoder gradient SNR: standard IWAE vs DReG, measured several ways\n",
            f"Written by `{st['command']}` on {st['date']} ({st['seconds']:.0f} s; {st['machine']}). "
            f"Encoder gradients of the IWAE-K bound; unless a row says otherwise the SNR is estimated from "
            f"R = {repeats} gradients on the harness's fixed minibatch of 128 training digits, particles redrawn, "

@@ -13,7 +13,6 @@ import weakref
 from typing import Iterator
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from pyro.poutine.runtime import am_i_wrapped, effectful

@@ -125,7 +125,7 @@ class WeightParts:
 def weight_parts(traces: ParticleTraces, plate_name: str) -> WeightParts:
     """Split the log weights of ``traces`` into observed, latent-model and guide parts."""
     empty = poutine.Trace()
-    mt, gt = traces.model_trace, traces.guide_trace
+    mt = traces.model_trace
     obs = dataclasses.replace(traces, model_trace=_subtrace(mt, lambda s: s["is_observed"]), guide_trace=empty)
     lat = dataclasses.replace(traces, model_trace=_subtrace(mt, lambda s: not s["is_observed"]), guide_trace=empty)
     gui = dataclasses.replace(traces, model_trace=empty)
