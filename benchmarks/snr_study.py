@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=100, help="gradients per SNR estimate")
     ap.add_argument("--ks", default="1,10,100")
     ap.add_argument("--points", type=int, default=16, help="single digits for the per-datapoint SNR")
+    ap.add_argument("--trajectory-only", action="store_true",
+                    help="only the training-stage part (e.g. with a larger --long-epochs)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (2 epochs, 8 repeats, K=1,4)")
     ap.add_argument("--out", default="docs/snr_study", help="output prefix (.md, .json, .png)")
     args = ap.parse_args(argv)
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     points = [(lambda i=i: fixed[i:i + 1]) for i in range(args.points)]
     results: dict[str, Any] = {"protocol": [], "models": [], "trajectory": []}
     models: dict[str, Any] = {}
-    long_marks = sorted({0, 2, 5, 10, 20, args.epochs, 70, args.long_epochs} & set(range(args.long_epochs + 1)))
+    long_marks = sorted({0, 2, 5, 10, 20, args.epochs, 70, 100, 150, 200, 300, 400, args.long_epochs}
+                        & set(range(args.long_epochs + 1)))
 
     def trajectory_point(vae, epoch: int) -> None:
         for k in [k for k in ks if k > 1]:
@@ -153,11 +156,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     log(f"training IWAE-50 for {args.long_epochs} epochs, SNR at epochs {long_marks}")
     train_model("iwae", args.long_epochs, data, set(long_marks), trajectory_point, progress=False)
-    for name in ("dreg", "elbo"):
+    for name in () if args.trajectory_only else ("dreg", "elbo"):
         log(f"training {name} for {args.epochs} epochs")
         models[name] = train_model(name, args.epochs, data, set(), lambda v, e: None, progress=False)
 
-    for name in ("elbo", "iwae", "dreg"):
+    for name in () if args.trajectory_only else ("elbo", "iwae", "dreg"):
         for k in ks:
             r = snr_pair(models[name], k, [fixed_fn], args.repeats, n)
             results["models"].append({"model": name, **r})
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     iwae = models["iwae"]
     k_mid = ks[1] if len(ks) > 1 else ks[0]
-    for label, batches, repeats, kk in (
+    for label, batches, repeats, kk in () if args.trajectory_only else (
         (f"fixed minibatch, R = {10 * args.repeats}", [fixed_fn], 10 * args.repeats, [k_mid]),
         (f"single digits (mean over {args.points}), R = {2 * args.repeats}", points, 2 * args.repeats, ks),
         (f"fresh minibatch per gradient, R = {args.repeats}", [fresh], args.repeats, ks),
@@ -204,19 +207,31 @@ def to_markdown(res: dict[str, Any], repeats: int) -> str:
            f"Written by `{st['command']}` on {st['date']} ({st['seconds']:.0f} s; {st['machine']}). "
            f"Encoder gradients of the IWAE-K bound; unless a row says otherwise the SNR is estimated from "
            f"R = {repeats} gradients on the harness's fixed minibatch of 128 training digits, particles redrawn, "
-           "standard and DReG with the same random numbers. Each cell: standard / DReG / DReG ÷ standard.\n",
-           f"## At the model trained with each objective ({st['epochs']} epochs)\n",
-           "| model | K " + head, "|---|---:|---|---|---|"]
-    out += [f"| {r['model']} | {r['K']} | {_row(r)} |" for r in res["models"]]
-    out += ["", f"## Protocol, at the IWAE-50 model after {st['epochs']} epochs\n",
-            "| protocol | K " + head, "|---|---:|---|---|---|"]
-    base = [r for r in res["models"] if r["model"] == "iwae"]
-    out += [f"| fixed minibatch, R = {repeats} (the harness) | {r['K']} | {_row(r)} |" for r in base]
-    out += [f"| {r['protocol']} | {r['K']} | {_row(r)} |" for r in res["protocol"]]
-    out += ["", f"## Along an IWAE-50 training run ({st['long_epochs']} epochs)\n",
-            "| epoch | K " + head, "|---:|---:|---|---|---|"]
-    out += [f"| {r['epoch']} | {r['K']} | {_row(r)} |" for r in res["trajectory"]]
+           "standard and DReG with the same random numbers. Each cell: standard / DReG / DReG ÷ standard.\n"]
+    if res["models"]:
+        out += [f"## At the model trained with each objective ({st['epochs']} epochs)\n",
+                "| model | K " + head, "|---|---:|---|---|---|"]
+        out += [f"| {r['model']} | {r['K']} | {_row(r)} |" for r in res["models"]]
+        out.append("")
+    if res["protocol"]:
+        out += [f"## Protocol, at the IWAE-50 model after {st['epochs']} epochs\n",
+                "| protocol | K " + head, "|---|---:|---|---|---|"]
+        base = [r for r in res["models"] if r["model"] == "iwae"]
+        out += [f"| fixed minibatch, R = {repeats} (the harness) | {r['K']} | {_row(r)} |" for r in base]
+        out += [f"| {r['protocol']} | {r['K']} | {_row(r)} |" for r in res["protocol"]]
+        out.append("")
+    if res["trajectory"]:
+        out += [f"## Along an IWAE-50 training run ({st['long_epochs']} epochs)\n",
+                "| epoch | K " + head, "|---:|---:|---|---|---|"]
+        out += [f"| {r['epoch']} | {r['K']} | {_row(r)} |" for r in res["trajectory"]]
     return "\n".join(out) + "\n"
+
+
+def rewrite(prefix: str) -> None:
+    """Re-render ``prefix``.md and .png from ``prefix``.json (no measurement)."""
+    res = json.loads(Path(prefix).with_suffix(".json").read_text(encoding="utf-8"))
+    Path(prefix).with_suffix(".md").write_text(to_markdown(res, res["settings"]["repeats"]), encoding="utf-8")
+    plot(res, Path(prefix).with_suffix(".png"))
 
 
 def plot(res: dict[str, Any], path: Path) -> None:

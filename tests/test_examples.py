@@ -27,3 +27,16 @@ def test_custom_model():
     ex = load("custom_model")
     ll = ex.main(ex.parse_args(["--epochs", "1", "--latent-dim", "3", "--num-samples", "10", "--quiet"]))
     assert math.isfinite(ll) and ll < 0
+
+
+def test_compare_objectives(tmp_path):
+    ex = load("compare_objectives")
+    result = ex.main(ex.parse_args([
+        "--epochs", "1", "--num-particles", "3", "--eval-samples", "5", "--khat-samples", "25", "--snr-repeats", "2",
+        "--snr-ks", "1,2", "--only", "elbo,iwae,miwae,piwae", "--train-limit", "200", "--hidden", "16",
+        "--latent-dim", "3", "--out", str(tmp_path), "--no-memory", "--quiet",
+    ]))
+    assert [r["objective"] for r in result.table] == ["elbo", "iwae", "miwae", "piwae"]
+    assert [(r["num_outer"], r["num_particles"]) for r in result.table] == [(1, 1), (1, 3), (5, 10), (5, 10)]
+    assert all(math.isfinite(r["test_log_likelihood"]) for r in result.table)
+    assert (tmp_path / "table.md").read_text() == result.to_markdown()
