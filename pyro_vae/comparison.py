@@ -90,8 +90,8 @@ COLUMNS: dict[str, str] = {
 UNSUPPORTED_KEYS = ("patience", "accelerator", "devices", "num_nodes", "strategy", "precision")
 
 _NUMERIC = ("num_particles", "num_outer", "epochs", "steps", "test_log_likelihood", "test_log_likelihood_se",
-            "delta_log_likelihood", "delta_log_likelihood_se",
-            "eval_samples", "test_elbo", "val_bound", "khat_median", "khat_over_0_7", "active_units", "latent_dim", "snr_encoder", "snr_decoder",
+            "delta_log_likelihood", "delta_log_likelihood_se", "eval_samples", "test_elbo", "val_bound",
+            "khat_median", "khat_over_0_7", "active_units", "latent_dim", "snr_encoder", "snr_decoder",
             "seconds_per_step", "train_seconds", "peak_memory_mb")
 
 
@@ -387,8 +387,8 @@ class ComparisonResult:
         s = self.settings
         ev = s.get("eval_samples", "?")
         first = self.table[0]["objective"] if self.table else "?"
-        head = ["objective", "K", "test log p(x)", f"Δ vs {first}", "test ELBO", "k̂ median (> 0.7)", "active units", "SNR enc", "SNR dec",
-                "s/step", "train s", "peak MiB"]
+        head = ["objective", "K", "test log p(x)", f"Δ vs {first}", "test ELBO", "k̂ median (> 0.7)", "active units",
+                "SNR enc", "SNR dec", "s/step", "train s", "peak MiB"]
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for r in self.table:
             k = f"{r['num_outer']}×{r['num_particles']}" if r["num_outer"] > 1 else str(r["num_particles"])
