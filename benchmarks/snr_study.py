@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"{label} K={k}: ratio {r['ratio']}")
 
     results["settings"] = {
-        "command": "python -m benchmarks.snr_study " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": " ".join(["python -m benchmarks.snr_study", *(shlex.quote(a) for a in (argv or sys.argv[1:]))]),
         "epochs": args.epochs, "long_epochs": args.long_epochs, "repeats": args.repeats, "ks": ks,
         "points": args.points, "seconds": round(time.time() - t_start, 1),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -239,12 +239,12 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
     fig = Figure(figsize=(9.6, 3.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    for k in sorted({r["K"] for r in res["trajectory"]}):
+    for i, k in enumerate(sorted({r["K"] for r in res["trajectory"]})):
         rows = [r for r in res["trajectory"] if r["K"] == k]
         ep = [r["epoch"] for r in rows]
         for est, style in (("standard", "--"), ("dreg", "-")):
-            ax1.plot(ep, [r[est]["mean"] for r in rows], style, marker="o", ms=3, label=f"{est}, K={k}")
-        ax2.plot(ep, [r["ratio"]["mean"] for r in rows], marker="o", ms=3, label=f"K={k}")
+            ax1.plot(ep, [r[est]["mean"] for r in rows], style, color=f"C{i}", marker="o", ms=3, label=f"{est}, K={k}")
+        ax2.plot(ep, [r["ratio"]["mean"] for r in rows], color=f"C{i}", marker="o", ms=3, label=f"K={k}")
     ax1.set(xlabel="epoch of IWAE-50 training", ylabel="encoder SNR (mean over elements)")
     ax1.legend(fontsize=7)
     ax2.axhline(2.0, color="grey", lw=0.8, ls=":")
