@@ -569,9 +569,9 @@ def _write(path: Path, text: str) -> None:
 
 def _save_fig(fig: Any, path: str | os.PathLike[str] | None) -> Any:
     if path is not None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=120, bbox_inches="tight")
+        from .plots import _save  # lazy: pyro_vae.plots imports matplotlib
+
+        _save(fig, path)
     return fig
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
@@ -32,13 +31,11 @@ def _figure(**kwargs) -> Figure:
 
 
 def _save(fig: Figure, path: PathLike | None) -> Figure:
-    """Save as :mod:`pyro_vae.plots` does (``DPI``, tight box, parents created) and return the figure."""
+    """Save with :mod:`pyro_vae.plots`' saver (``DPI``, tight box, parents created) and return the figure."""
     if path is not None:
-        from ..plots import DPI
+        from ..plots import _save as save  # lazy: pyro_vae.plots imports matplotlib
 
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=DPI, bbox_inches="tight")
+        save(fig, path)
     return fig
 
 
