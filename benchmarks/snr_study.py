@@ -44,7 +44,7 @@ import torch
 
 from pyro_vae.build import build_objective, build_vae
 from pyro_vae.cli.run import load_data
-from pyro_vae.comparison import GradientMoments
+from pyro_vae.comparison import GradientMoments, gradient_moments
 from pyro_vae.config import Config
 from pyro_vae.objectives import IWAE
 from pyro_vae.train import fit
@@ -67,12 +67,9 @@ def encoder_moments(vae, k: int, est: str, batch_fn: Callable[[], torch.Tensor],
     """Moments of ``repeats`` encoder gradients of IWAE-k (``est`` gradient), Pyro's RNG seeded."""
     obj = IWAE(num_particles=k, gradient=est)
     enc = [p for name, p in vae.named_parameters() if name.startswith("encoder") and p.requires_grad]
-    m = GradientMoments()
     pyro.set_rng_seed(SNR_SEED)
-    for _ in range(repeats):
-        loss = obj.differentiable_loss(vae.model, vae.guide, batch_fn(), num_data=num_data)
-        m.add(torch.autograd.grad(loss, enc))
-    return m
+    loss = lambda: obj.differentiable_loss(vae.model, vae.guide, batch_fn(), num_data=num_data)  # noqa: E731
+    return gradient_moments(loss, {"encoder": enc}, repeats)["encoder"]
 
 
 def snr_pair(vae, k: int, batches: list[Callable[[], torch.Tensor]], repeats: int, num_data: int) -> dict[str, Any]:

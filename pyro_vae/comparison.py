@@ -189,6 +189,16 @@ def gradient_snr(
         >>> round(gradient_snr(loss, {"theta": [theta]}, repeats=4000)["theta"], 1)
         1.0
     """
+    return {k: summarize_snr(m.snr()) for k, m in gradient_moments(loss_fn, groups, repeats).items()}
+
+
+def gradient_moments(
+    loss_fn: Callable[[], torch.Tensor],
+    groups: Mapping[str, Sequence[torch.Tensor]],
+    repeats: int,
+) -> dict[str, GradientMoments]:
+    """The repeated gradients behind :func:`gradient_snr`, per non-empty group, as
+    :class:`GradientMoments` (for other summaries than its mean per-element SNR)."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
         raise ValueError(f"repeats must be an integer >= 2 (a standard deviation needs two samples), got {repeats!r}")
     names = [k for k, v in groups.items() if len(v) > 0]
@@ -203,7 +213,7 @@ def gradient_snr(
         for k, n in zip(names, sizes):
             moments[k].add(grads[i : i + n])
             i += n
-    return {k: summarize_snr(m.snr()) for k, m in moments.items()}
+    return moments
 
 
 def _groups(vae: VAE) -> dict[str, list[torch.Tensor]]:
@@ -952,5 +962,6 @@ def _train(
     return times, curve
 
 
-__all__ = ["compare", "ComparisonResult", "COLUMNS", "gradient_snr", "vae_gradient_snr", "GradientMoments",
+__all__ = ["compare", "ComparisonResult", "COLUMNS", "gradient_snr", "gradient_moments", "vae_gradient_snr",
+           "GradientMoments",
            "summarize_snr", "active_units", "ACTIVE_UNIT_THRESHOLD"]
