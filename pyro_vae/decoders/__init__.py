@@ -22,6 +22,10 @@ Implementing a new one:
     ``num_params`` outputs per feature; override :meth:`Decoder.distribution` (turn the network
     output ``(…, x_dim, num_params)`` into a distribution with ``.to_event(1)``) and
     :meth:`Decoder.support_error` (return ``None`` for valid data, else a message naming the fix).
+    A subclass that overrides ``forward`` and still treats each row (particle, datapoint) of
+    ``z`` separately may declare ``row_wise = True`` in its class body; then the importance-
+    weighted objectives may route DReG/PIWAE gradients with a cheap hook instead of an extra
+    backward pass (an undeclared override gets the exact routing).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import nn
 
 from .._typing import Activation, Hidden
 from ..data import DataError
-from ..distributions import DiscretizedLogistic
+from ..distributions import BernoulliLogits, DiscretizedLogistic
 from ..nn import backbone
 
 
@@ -48,6 +52,9 @@ class Decoder(nn.Module):
 
     #: one line naming the data this likelihood accepts; used in error messages
     support_name: str = "any real values"
+    #: ``forward`` maps each row of z on its own (given a row-wise network); a subclass that
+    #: overrides ``forward`` must declare it again (see :func:`pyro_vae.program.rows_independent`)
+    row_wise: bool = True
 
     def __init__(
         self,
@@ -125,7 +132,7 @@ class BernoulliDecoder(Decoder):
         super().__init__(latent_dim, x_dim, 1, hidden, activation, network, image_shape)
 
     def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:  # noqa: D102
-        return dist.Bernoulli(logits=params, validate_args=False).to_event(1)
+        return BernoulliLogits.from_logits(params)
 
     def support_error(self, x: torch.Tensor) -> str | None:  # noqa: D102
         bad = (x != 0) & (x != 1)

@@ -5,9 +5,13 @@
 for any Pyro model/guide pair whose datapoints sit in a ``"data"`` plate, vectorized over
 datapoints and samples and chunked so the working memory stays under a budget.
 
-A plain :class:`~pyro_vae.VAE` (its unmodified ``model``/``guide``, outside Pyro handlers) takes a
-fast path that skips tracing and keeps the decoder's work in cache (:mod:`._fast`); it makes the
-same draws and gives the same estimates to float rounding. ``fast_path=False`` always traces.
+The log weights of each chunk come from the :class:`~pyro_vae.program.Particles` record: traced
+for any program (:func:`~pyro_vae.program.traced_particles`), or read from a plain
+:class:`~pyro_vae.VAE`'s components (its unmodified ``model``/``guide``, outside Pyro handlers;
+:func:`~pyro_vae.program.from_vae`), which makes the same draws and gives the same estimates to
+float rounding. On that path the encoder runs once per datapoint chunk and the decoder on row
+blocks of ``settings.block_bytes`` of activations, so each block's hidden units and logits are
+still in cache when its log-density reads them. ``fast_path=False`` always traces.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import Any, Callable, NamedTuple
 import torch
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
+from .. import _kernels
 from ..objectives.base import plain_vae
-from ..traces import guess_max_plate_nesting, log_weights, particle_traces
+from ..program import from_vae, guess_max_plate_nesting, traced_particles
 from ..vae import DATA_PLATE
-from . import _fast
 
 #: Working-memory estimate per (sample, datapoint, feature): ~8 float32 temporaries
 #: (decoder output, log-prob and their autograd-free intermediates).
@@ -120,29 +124,46 @@ def log_likelihood(
         and plate_name == DATA_PLATE
         and not args
         and all(k == "num_data" and v is None for k, v in kwargs.items())
-        and _fast.usable(vae)
+        and not _random_in_training(vae)
     ):
         return _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *args), kwargs)
 
     def traced_weights(xb: torch.Tensor, _state: None, k: int) -> torch.Tensor:
-        tr = particle_traces(model, guide, (xb, *args), kwargs, k, max_plate_nesting, plate_name)
-        return log_weights(tr, plate_name)
+        return traced_particles(model, guide, (xb, *args), kwargs, k, max_plate_nesting, plate_name).log_weights
 
     return _accumulate(x, num_samples, points, samples, progress, lambda xb: None, traced_weights)
 
 
+def _random_in_training(vae) -> bool:
+    """A module that draws random numbers in training mode (dropout) is active: the component
+    path runs the encoder once per datapoint chunk, so it would not reproduce the traced draws."""
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training for m in vae.modules())
+
+
+def block_rows(x_dim: int, widths: int, memory_budget: float, device: torch.device) -> int:
+    """Rows (sample × datapoint pairs) per decoder block: ``settings.block_bytes`` of activations
+    (each counted twice for temporaries) on CPU, bigger launches on GPUs."""
+    per_row = 4 * (x_dim + widths) * 2
+    target = _kernels.settings.block_bytes if device.type == "cpu" else 1 << 28
+    return max(1, int(min(target, memory_budget / 4) // per_row))
+
+
+def _widths(decoder: torch.nn.Module) -> int:
+    return sum(m.out_features for m in decoder.modules() if isinstance(m, torch.nn.Linear))
+
+
 def _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile) -> LogLikelihood:
-    """The fast path: the traced path's chunks and draws, without tracing (see :mod:`._fast`)."""
-    rows = _fast.block_rows(int(x[0].numel()), _fast._widths(vae.decoder), memory_budget, x.device)
+    """The component path: the traced path's chunks and draws, without tracing."""
+    rows = block_rows(int(x[0].numel()), _widths(vae.decoder), memory_budget, x.device)
 
     def fast_weights(xb: torch.Tensor, q, k: int) -> torch.Tensor:
-        z = q.rsample((k,))  # the draws of the traced path's k-particle plate
-        return _fast.log_weights_chunk(vae, q, z, xb, rows, compile)
+        return from_vae(vae, xb, k, q=q, block_rows=rows).log_weights
 
     # the encoder runs once per datapoint chunk
-    return _accumulate(x, num_samples, points, samples, progress, vae.encoder, fast_weights)
+    with _kernels.compiled_bernoulli(compile):
+        return _accumulate(x, num_samples, points, samples, progress, vae.encoder, fast_weights)
 
 
 def _accumulate(

@@ -10,7 +10,7 @@ import pyro
 import torch
 from pyro.poutine.runtime import am_i_wrapped
 
-from ..traces import ParticleTraces, guess_max_plate_nesting, particle_traces
+from ..program import Particles, ParticleTraces, from_traces, from_vae, guess_max_plate_nesting, particle_traces
 from ..vae import DATA_PLATE
 
 
@@ -34,19 +34,26 @@ class Objective(pyro.infer.ELBO):
     works, and ``objective(model, guide)`` returns an ``nn.Module`` for torch optimizers and
     Lightning. Particles are always vectorized: one pass for ``num_particles`` samples.
 
+    Each call builds one :class:`~pyro_vae.program.Particles` record — by tracing the program
+    (:func:`~pyro_vae.program.from_traces`, any model/guide pair) or, for a plain
+    :class:`~pyro_vae.VAE` outside Pyro handlers, from its components without tracing
+    (:func:`~pyro_vae.program.from_vae`, the same draws) — and hands it to :meth:`_loss`, where
+    the objective's bound is written once.
+
     Implementing a new one:
-        Override :meth:`_loss` — given the :class:`~pyro_vae.traces.ParticleTraces` of one call,
+        Override :meth:`_loss` — given the :class:`~pyro_vae.program.Particles` of one call,
         return ``(loss, terms)`` where ``loss`` is the differentiable surrogate (scaled to the
-        whole data set, like Pyro's losses) and ``terms`` a :class:`Terms`. Use
-        :func:`pyro_vae.traces.log_weights` for per-datapoint ``(K, B)`` log weights. Nothing
-        else: ``loss``, ``differentiable_loss`` and ``loss_and_grads`` are shared.
+        whole data set, like Pyro's losses) and ``terms`` a :class:`Terms`. Read ``(K, B)``
+        per-datapoint terms from the record (``log_lik``, ``log_prior``, ``log_q``,
+        ``log_weights``, ``latents``). Nothing else: ``loss``, ``differentiable_loss`` and
+        ``loss_and_grads`` are shared.
 
     After each call, :attr:`last_terms` holds the :class:`Terms` of that call.
     """
 
     #: does the objective need a reparameterized guide?
     requires_rsample: bool = True
-    #: use :meth:`_fast_loss` for plain VAEs outside Pyro handlers (same numbers, no tracing)
+    #: build the record of a plain VAE from its components (same numbers, no tracing)
     use_fast_path: bool = True
 
     def __init__(
@@ -73,44 +80,33 @@ class Objective(pyro.infer.ELBO):
         """Vectorized traces for one call (guesses ``max_plate_nesting`` on first use)."""
         if self.max_plate_nesting == float("inf"):
             self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
-        tr = particle_traces(
+        return particle_traces(
             model, guide, args, kwargs, self.num_particles, int(self.max_plate_nesting), self.plate_name
         )
-        if self.requires_rsample:
-            _check_reparameterized(tr, type(self).__name__)
-        return tr
 
-    def _loss(self, traces: ParticleTraces) -> tuple[torch.Tensor, Terms]:  # pragma: no cover
+    def particles(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Particles:
+        """The :class:`~pyro_vae.program.Particles` record of one call.
+
+        A plain :class:`~pyro_vae.VAE` (its unmodified ``model``/``guide``, called as
+        ``(x)``, ``(x, num_data)`` or ``(x, num_data=N)`` outside any Pyro handler) is read from
+        its components; everything else is traced. ``use_fast_path = False`` always traces.
+        """
+        if self.use_fast_path and self.plate_name == DATA_PLATE:
+            vae = plain_vae(model, guide)
+            call = _vae_call(args, kwargs) if vae is not None else None
+            if call is not None:
+                return from_vae(vae, call[0], self.num_particles, call[1])
+        return from_traces(self.traces(model, guide, *args, **kwargs), self.plate_name)
+
+    def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:  # pragma: no cover
         raise NotImplementedError
 
-    def _fast_loss(self, vae: Any, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
-        """Optional fast path for a plain :class:`~pyro_vae.VAE` (override; ``None`` = trace).
-
-        Must return exactly what :meth:`_loss` returns on the traces of ``vae.model`` /
-        ``vae.guide``, drawing the same random numbers in the same order (tests check both).
-        """
-        return None
-
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The negative bound, scaled to the whole data set, differentiable in all parameters.
-
-        For a plain :class:`~pyro_vae.VAE` called outside any Pyro handler, objectives with a
-        fast path skip tracing: the program's structure is fixed (one latent site ``z`` in the
-        ``data`` plate, one observed site ``x``), so the components are called directly. Inside
-        handlers (``SVI``, ``poutine.*``), for subclasses that override ``model``/``guide``, and
-        for hand-written programs, the traced path runs. Set ``use_fast_path = False`` to
-        always trace.
-        """
-        if self.use_fast_path:
-            vae = plain_vae(model, guide)
-            if vae is not None:
-                call = _vae_call(args, kwargs)
-                if call is not None:
-                    out = self._fast_loss(vae, *call)
-                    if out is not None:
-                        self.last_terms = out[1]
-                        return out[0]
-        loss, terms = self._loss(self.traces(model, guide, *args, **kwargs))
+        """The negative bound, scaled to the whole data set, differentiable in all parameters."""
+        particles = self.particles(model, guide, *args, **kwargs)
+        if self.requires_rsample:
+            _check_reparameterized(particles, type(self).__name__)
+        loss, terms = self._loss(particles)
         self.last_terms = terms
         return loss
 
@@ -155,16 +151,15 @@ def _vae_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, int | None] | No
     return None
 
 
-def _check_reparameterized(traces: ParticleTraces, who: str) -> None:
-    for site in traces.guide_trace.nodes.values():
-        if site["type"] == "sample" and not site["is_observed"] and type(site["fn"]).__name__ != "_Subsample":
-            if not getattr(site["fn"], "has_rsample", False):
-                raise ValueError(
-                    f"{who} needs reparameterized guide samples, but guide site {site['name']!r} draws from "
-                    f"{type(site['fn']).__name__}, which has no rsample. Fix: use a reparameterizable "
-                    "family (Normal, LowRankMultivariateNormal, a flow) for that site, or train with a "
-                    "score-function objective such as pyro.infer.TraceGraph_ELBO"
-                )
+def _check_reparameterized(particles: Particles, who: str) -> None:
+    for site in particles.latents:
+        if not getattr(site.q, "has_rsample", False):
+            raise ValueError(
+                f"{who} needs reparameterized guide samples, but guide site {site.name!r} draws from "
+                f"{type(site.q).__name__}, which has no rsample. Fix: use a reparameterizable "
+                "family (Normal, LowRankMultivariateNormal, a flow) for that site, or train with a "
+                "score-function objective such as pyro.infer.TraceGraph_ELBO"
+            )
 
 
 def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:

@@ -4,8 +4,10 @@ All three wrap another :class:`~pyro_vae.objectives.Objective` and compose with 
 (``KLWarmup(FreeBits(IWAE(8), 0.1), 10_000)`` works, in either order).
 
 **β and warm-up** multiply the log-density of every *latent* sample site — in the model (log p(z))
-and in the guide (log q(z|x)) — by β, with a Pyro handler (:func:`scale_latents`, the
-latent-only counterpart of ``pyro.poutine.scale``); observed sites are untouched. For the ELBO
+and in the guide (log q(z|x)) — by β (on the call's :class:`~pyro_vae.program.Particles` record,
+:meth:`~pyro_vae.program.Particles.scale_latents`; for Pyro's own ELBOs the handler
+:func:`scale_latents` does the same, the latent-only counterpart of ``pyro.poutine.scale``);
+observed sites are untouched. For the ELBO
 this is exact: E_q[log p(x|z)] − β KL(q ‖ p), with the closed-form KL where registered. For
 importance-weighted bounds (IWAE, MIWAE, Rényi, ...) β scales log p(z) − log q(z|x) *inside*
 each weight, log w_k = log p(x|z_k) + β (log p(z_k) − log q(z_k|x)); for β ≠ 1 that is no longer
@@ -41,13 +43,12 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import torch
 from pyro.poutine.messenger import Messenger
-from torch.distributions import Independent, kl_divergence
 
-from ..traces import ParticleTraces, PlateError
+from ..program import Particles, ParticleTraces, PlateError, from_traces, latent_kl
 from .base import Objective, Terms
 
 
@@ -84,107 +85,30 @@ def _check_beta(beta: float, name: str = "beta") -> float:
     return beta
 
 
-# -- KL per latent site / group -------------------------------------------------------------------
-class SiteKL(NamedTuple):
-    """KL(q ‖ p) of one latent site, unscaled: ``kl`` has shape ``(K|1, B, G)`` for a site in the
-    data plate (G groups: latent dims or 1) and ``(K|1, 1, G)`` for a global site."""
-
-    name: str
-    kl: torch.Tensor
-    relative_scale: Any  # site scale / data scale: the β (and any user scale) on this site
-    in_plate: bool
-    method: str  # "analytic" or "monte carlo"
-
-
-def _factorized(d: Any) -> tuple[Any, int] | None:
-    n = 0
-    while isinstance(d, Independent):
-        n += d.reinterpreted_batch_ndims
-        d = d.base_dist
-    if tuple(d.event_shape) != ():
-        return None
-    return d, n
-
-
-def latent_kl(traces: ParticleTraces, plate_name: str, analytic: bool = True, per_dim: bool = False) -> list[SiteKL]:
-    """KL(q(z|x) ‖ p(z)) of every latent site of ``traces``, per datapoint and optionally per dimension.
-
-    With ``per_dim=True`` each site's guide and prior must factorize over the latent dimensions
-    (``Independent`` of a univariate distribution); otherwise ``NotImplementedError``.
-    """
-    out = []
-    gt = traces.guide_trace
-    for name, msite in traces.model_trace.nodes.items():
-        if msite["type"] != "sample" or msite["is_observed"] or type(msite["fn"]).__name__ == "_Subsample":
-            continue
-        gsite = gt.nodes.get(name)
-        if gsite is None:
-            raise ValueError(f"latent site {name!r} of the model has no matching site in the guide")
-        q, p, z = gsite["fn"], msite["fn"], gsite["value"]
-        if per_dim:
-            fq, fp = _factorized(q), _factorized(p)
-            if fq is None or fp is None or fq[1] != fp[1]:
-                raise NotImplementedError(
-                    f"free bits per latent dimension needs a guide and prior that factorize over the dimensions "
-                    f"of site {name!r} (Independent of a univariate family, e.g. Normal(...).to_event(1)), got "
-                    f"{type(q).__name__} (guide) and {type(p).__name__} (prior). Fix: groups='site' clamps the "
-                    "KL of the whole site instead"
-                )
-            (q, event), (p, _) = fq, fp
-        else:
-            event = len(q.event_shape)
-        kl, method = None, "monte carlo"
-        if analytic:
-            try:
-                kl, method = kl_divergence(q, p), "analytic"
-            except NotImplementedError:
-                kl = None
-        if kl is None:
-            kl = q.log_prob(z) - p.log_prob(z)
-        if per_dim:
-            kl = kl.reshape(*kl.shape[: kl.dim() - event], -1) if event else kl.unsqueeze(-1)
-        else:
-            kl = kl.unsqueeze(-1)
-        kl, in_plate = _reduce(kl, gsite, traces, plate_name)
-        out.append(SiteKL(name, kl, msite["scale"] / traces.data_scale, in_plate, method))
-    return out
-
-
-def _reduce(value: torch.Tensor, site: dict, traces: ParticleTraces, plate_name: str) -> tuple[torch.Tensor, bool]:
-    """Sum a ``batch + (G,)`` tensor over every plate but the particle and data plates."""
-    n = traces.num_dims
-    nb = value.dim() - 1
-    if nb > n:
-        raise ValueError(
-            f"site {site['name']!r} has more batch dims ({nb}) than its plates allow (max_plate_nesting="
-            f"{traces.max_plate_nesting}); declare the missing plate or use .to_event()"
-        )
-    value = value.reshape((1,) * (n - nb) + tuple(value.shape))
-    mask = site["mask"]
-    if mask is not None and mask is not True:
-        value = torch.where(torch.as_tensor(mask).unsqueeze(-1), value, value.new_zeros(()))
-    data_dim = None
-    for f in site["cond_indep_stack"]:
-        if f.name == plate_name:
-            data_dim = n + f.dim
-    if data_dim is None:
-        return value.sum(dim=tuple(range(1, n))).unsqueeze(1), False
-    others = tuple(d for d in range(1, n) if d != data_dim)
-    if others:
-        value = value.sum(dim=others)
-    return value, True
-
-
-def kl_per_datapoint(site_kls: list[SiteKL], traces: ParticleTraces) -> torch.Tensor:
-    """Total unweighted KL per datapoint (a global site counts 1/N per datapoint), detached."""
+def kl_per_datapoint(particles: Particles, analytic: bool) -> torch.Tensor:
+    """Total unweighted KL(q ‖ p) per datapoint (a global site counts 1/N per datapoint), detached."""
     total = torch.zeros(())
-    n_total = traces.data_scale * traces.batch_size
-    for s in site_kls:
-        if s.in_plate:
-            total = total + s.kl.sum(-1).mean(0).mean()
+    n_total = particles.data_scale * particles.batch_size
+    for site in particles.latents:
+        if site.p is None:
+            continue
+        kl, _ = latent_kl(site, analytic=analytic)
+        if site.in_plate:
+            total = total + kl.mean()
         else:
-            total = total + s.kl.sum() / s.kl.shape[0] / n_total
+            total = total + kl.sum() / kl.shape[0] / n_total
     return total.detach()
+
+
+def _inner_beta(objective: Objective) -> float:
+    """The product of the β's that wrappers inside ``objective`` applied in their last call."""
+    beta = 1.0
+    for _ in range(16):
+        if objective is None:
+            break
+        beta *= float(getattr(objective, "last_beta", 1.0)) if isinstance(objective, _LatentScaled) else 1.0
+        objective = getattr(objective, "objective", None)
+    return beta
 
 
 # -- wrappers -----------------------------------------------------------------------------------------
@@ -192,9 +116,9 @@ class ObjectiveWrapper(Objective):
     """Base class of objectives that modify another objective.
 
     Implementing a new one:
-        Override :meth:`_programs` to transform ``(model, guide)`` before tracing, and/or
-        :meth:`_loss` (call ``self.objective._loss(traces)`` and modify its result). Particles,
-        plate and ``max_plate_nesting`` are the wrapped objective's.
+        Override :meth:`_loss`: transform the :class:`~pyro_vae.program.Particles` record and/or
+        call ``self.objective._loss(particles)`` and modify its result. Particles, plate and
+        ``max_plate_nesting`` are the wrapped objective's.
     """
 
     def __init__(self, objective: Objective) -> None:
@@ -213,55 +137,20 @@ class ObjectiveWrapper(Objective):
         """Whether the wrapped objective uses closed-form KLs (its ``analytic_kl``, else False)."""
         return bool(getattr(self.objective, "analytic_kl", False))
 
-    def _programs(self, model: Callable, guide: Callable) -> tuple[Callable, Callable]:
-        return model, guide
-
     def traces(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> ParticleTraces:  # noqa: D102
-        model, guide = self._programs(model, guide)
         return self.objective.traces(model, guide, *args, **kwargs)
 
-    def _loss(self, traces: ParticleTraces) -> tuple[torch.Tensor, Terms]:
-        return self.objective._loss(traces)
+    def particles(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Particles:  # noqa: D102
+        if not self.use_fast_path:
+            return from_traces(self.objective.traces(model, guide, *args, **kwargs), self.plate_name)
+        return self.objective.particles(model, guide, *args, **kwargs)
 
-
-def _default_elbo_parts(wrapper: ObjectiveWrapper, vae: Any, x: torch.Tensor,
-                        num_data: int | None) -> tuple[float, torch.Tensor, torch.Tensor] | None:
-    """``(N/B, Σ_b E_q log p(x_b|z), KL (B, L))`` from the ELBO's default-components branch when
-    ``wrapper`` wraps a library :class:`~pyro_vae.objectives.ELBO` (or a subclass that changes
-    only how it runs its networks) of a VAE with the default components; ``None`` otherwise
-    (then the wrapper traces, with the same draws)."""
-    from .elbo import ELBO
-
-    inner = wrapper.objective
-    cls = type(inner)
-    if not isinstance(inner, ELBO) or any(
-        getattr(cls, name) is not getattr(ELBO, name) for name in ("_loss", "_fast_loss", "_default_components_branch", "_kl")
-    ):
-        return None
-    if num_data is not None and num_data < x.shape[0]:
-        return None  # the data plate raises the error
-    parts = inner._default_components_branch(vae, x, inner.num_particles)
-    if parts is None:
-        return None
-    return (1.0 if num_data is None else num_data / x.shape[0]), parts[0], parts[1]
+    def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:
+        return self.objective._loss(particles)
 
 
 class _LatentScaled(ObjectiveWrapper):
     """Scales latent sites by :attr:`beta` (see the module docstring)."""
-
-    def _fast_loss(self, vae: Any, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
-        """N/B Σ_b (E_q log p(x_b|z) − β KL_b) without tracing, for a wrapped default-components ELBO."""
-        parts = _default_elbo_parts(self, vae, x, num_data)
-        if parts is None:
-            return None  # trace (a warm-up counter has not advanced)
-        scale, rec_sum, kl = parts
-        beta = self._current_beta()  # advances KLWarmup's counter, as _programs does when tracing
-        self.last_beta = beta
-        kl_sum, B = kl.sum(), x.shape[0]
-        bound_sum = scale * (rec_sum - beta * kl_sum)
-        terms = Terms(bound=(bound_sum / (scale * B)).detach(), reconstruction=(rec_sum / B).detach(),
-                      kl=(kl_sum / B).detach())
-        return -bound_sum, terms
 
     @property
     def beta(self) -> float:  # pragma: no cover - abstract
@@ -270,17 +159,11 @@ class _LatentScaled(ObjectiveWrapper):
     def _current_beta(self) -> float:
         return self.beta
 
-    def _programs(self, model, guide):  # noqa: D102
+    def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:  # noqa: D102
         beta = self._current_beta()
         self.last_beta = beta
-        if beta == 1.0:
-            return model, guide
-        return LatentScaleMessenger(beta)(model), LatentScaleMessenger(beta)(guide)
-
-    def _loss(self, traces):  # noqa: D102
-        loss, terms = self.objective._loss(traces)
-        kl = kl_per_datapoint(latent_kl(traces, self.plate_name, analytic=self.analytic_kl), traces)
-        return loss, terms._replace(kl=kl)
+        loss, terms = self.objective._loss(particles if beta == 1.0 else particles.scale_latents(beta))
+        return loss, terms._replace(kl=kl_per_datapoint(particles, analytic=self.analytic_kl))
 
 
 class BetaVAE(_LatentScaled):
@@ -411,43 +294,30 @@ class FreeBits(ObjectiveWrapper):
             return bool(self._analytic)
         return bool(getattr(self.objective, "analytic_kl", True))
 
-    def _fast_loss(self, vae: Any, x: torch.Tensor, num_data: int | None) -> tuple[torch.Tensor, Terms] | None:
-        """The ELBO loss plus N · Σ_j max(0, λ − KL̄_j) without tracing, for a wrapped
-        default-components ELBO with closed-form KLs."""
-        parts = _default_elbo_parts(self, vae, x, num_data) if self.analytic_kl else None
-        if parts is None:
-            return None
-        scale, rec_sum, kl = parts
-        B = x.shape[0]
-        kl_sum = kl.sum()
-        groups = kl if self.groups == "dim" else kl.sum(-1, keepdim=True)
-        kl_bar = groups.mean(0)
-        penalty = torch.clamp(self.threshold - kl_bar, min=0.0).sum()
-        self.kl_sites["z"] = "analytic"
-        self.last_group_kl = {"z": kl_bar.detach()}
-        bound_sum = scale * (rec_sum - kl_sum)
-        n_total = scale * B
-        terms = Terms(bound=(bound_sum / n_total - penalty).detach(), reconstruction=(rec_sum / B).detach(),
-                      kl=(kl_sum / B).detach())
-        return -bound_sum + n_total * penalty, terms
-
-    def _loss(self, traces):  # noqa: D102
-        loss, terms = self.objective._loss(traces)
-        penalty = torch.zeros(())
-        group_kl = {}
-        for s in latent_kl(traces, self.plate_name, analytic=self.analytic_kl, per_dim=self.groups == "dim"):
-            if not s.in_plate:
+    def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:  # noqa: D102
+        for site in particles.latents:  # refuse before any work
+            if site.p is not None and not site.in_plate:
                 raise PlateError(
-                    f"free bits needs per-datapoint KLs, but latent site {s.name!r} sits outside the "
+                    f"free bits needs per-datapoint KLs, but latent site {site.name!r} sits outside the "
                     f"{self.plate_name!r} plate. Fix: move it inside the data plate, or apply FreeBits only to "
                     "models whose latents are local"
                 )
-            self.kl_sites[s.name] = s.method
-            kl_bar = s.kl.mean(dim=(0, 1))  # (G,): over particles and the minibatch
-            group_kl[s.name] = kl_bar.detach()
-            penalty = penalty + (s.relative_scale * torch.clamp(self.threshold - kl_bar, min=0.0)).sum()
+        loss, terms = self.objective._loss(particles)
+        beta = particles.beta * _inner_beta(self.objective)  # the KL weight on each group's site
+        penalty = torch.zeros(())
+        group_kl = {}
+        for site in particles.latents:
+            if site.p is None:
+                continue
+            kl, method = latent_kl(site, analytic=self.analytic_kl, per_dim=self.groups == "dim")
+            if self.groups == "site":
+                kl = kl.unsqueeze(-1)
+            self.kl_sites[site.name] = "analytic" if method == "analytic" else "monte carlo"
+            kl_bar = kl.expand(particles.num_particles, particles.batch_size, kl.shape[-1]).mean(dim=(0, 1))
+            group_kl[site.name] = kl_bar.detach()
+            penalty = penalty + (beta * site.p_scale * torch.clamp(self.threshold - kl_bar, min=0.0)).sum()
         self.last_group_kl = group_kl
-        n_total = traces.data_scale * traces.batch_size
+        n_total = particles.data_scale * particles.batch_size
         loss = loss + n_total * penalty
         return loss, terms._replace(bound=terms.bound - penalty.detach())
 
@@ -459,8 +329,6 @@ __all__ = [
     "ObjectiveWrapper",
     "LatentScaleMessenger",
     "scale_latents",
-    "latent_kl",
-    "SiteKL",
 ]
 
 

@@ -1,0 +1,707 @@
+"""One record per call, two producers: the per-datapoint terms every objective consumes.
+
+Everything that needs per-datapoint quantities of a model/guide pair — the objectives, the
+log-likelihood estimator, the diagnostics that need weights — reads one :class:`Particles`
+record of ``K`` vectorized particles for a minibatch of ``B`` datapoints:
+
+=====================  =================================================================
+``log_lik``            ``(K, B)``: Σ of the observed sites' log-densities in the data plate
+``log_prior``          ``(K, B)``: Σ of the model's latent sites' log-densities in the plate
+``log_q``              ``(K, B)``: Σ of the guide's latent sites' log-densities in the plate
+``latents``            per latent site: q, p, the sample, scales, whether a closed-form
+                       KL(q ‖ p) is valid there, and how to reduce a per-site tensor to (K, B)
+``stopped_log_q()``    ``(K, B)``: log q with the guide's parameters stopped (STL, DReG)
+``global_*``           already-scaled sums of the sites outside the data plate
+``data_scale``         N / B from the data plate's subsampling
+``row_wise``           may gradient routing rescale ∂/∂z per (particle, datapoint) with a hook?
+=====================  =================================================================
+
+Two producers build it and draw the same random numbers in the same order:
+
+* :func:`from_traces` — any Pyro program: the guide is traced under a ``K``-particle plate and
+  the model replayed on it (the general path);
+* :func:`from_vae` — a plain :class:`~pyro_vae.VAE`'s components called directly, no tracing
+  (``q = encoder(x)``, ``z = q.rsample((K,))``, ``decoder(z).log_prob(x)``, ``prior().log_prob(z)``).
+
+Speed lives in the components (:mod:`pyro_vae._kernels`), not here and not in the objectives.
+
+Conventions: the particles sit in an outer plate at ``dim = -(max_plate_nesting + 1)``; the
+data plate is the plate named ``"data"`` (:data:`pyro_vae.vae.DATA_PLATE`). A site's
+log-density is summed over every other plate it sits in, giving a ``(K, B)`` tensor; a site's
+*relative* scale is its scale divided by the data scale (1 unless a handler such as
+:func:`~pyro_vae.objectives.scale_latents` or ``poutine.scale`` changed it).
+
+A closed-form KL(q(z_i|·) ‖ p(z_i|pa)) equals the Monte Carlo term log q − log p in
+expectation only if p's parents were drawn by the guide *before* z_i. :func:`from_traces` marks
+a latent site ``closed_form_ok`` when every latent the model draws before it is also drawn
+before it by the guide (hierarchical VAEs with bottom-up guides break this; the ELBO then uses
+the Monte Carlo term for that site and says so).
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.util import check_model_guide_match
+from torch import nn
+from torch.distributions import Distribution, Independent, Transform, kl_divergence
+
+from .vae import DATA_PLATE
+
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+class PlateError(ValueError):
+    """A model or guide lacks the data plate, or has a site outside it where one is required."""
+
+
+# -- site predicates (the one spelling) ----------------------------------------------------------
+def is_sample(site: dict) -> bool:
+    """A sample site that is not a plate's subsample index."""
+    return site["type"] == "sample" and not site_is_subsample(site)
+
+
+def is_latent(site: dict) -> bool:
+    """A sample site that is neither observed nor a plate's subsample index."""
+    return is_sample(site) and not site["is_observed"]
+
+
+def is_observed(site: dict) -> bool:
+    """An observed sample site."""
+    return is_sample(site) and site["is_observed"]
+
+
+# -- tracing ------------------------------------------------------------------------------------------
+def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+    """Run the pair once (no particles) and return the deepest plate nesting seen.
+
+    The run happens on a forked random stream, so guessing never shifts the caller's draws
+    (a resumed run that guesses again reproduces an uninterrupted one exactly).
+    """
+    with torch.random.fork_rng(devices=[]), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    dims = [
+        -f.dim
+        for tr in (model_trace, guide_trace)
+        for site in prune_subsample_sites(tr).nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def vectorize(fn: Callable, num_particles: int, max_plate_nesting: int) -> Callable:
+    """``fn`` run inside the outer ``num_particles`` plate at ``dim = -(max_plate_nesting + 1)``."""
+    dim = -(max_plate_nesting + 1)
+
+    def wrapped(*a: Any, **k: Any) -> Any:
+        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
+            return fn(*a, **k)
+
+    return wrapped
+
+
+@dataclass
+class ParticleTraces:
+    """Traces of ``K`` vectorized particles and where the particle and data dims are."""
+
+    model_trace: poutine.Trace
+    guide_trace: poutine.Trace
+    num_particles: int
+    max_plate_nesting: int
+    batch_size: int
+    data_scale: float  # num_data / batch_size, from the data plate's subsampling
+
+    @property
+    def num_dims(self) -> int:
+        """Number of batch dims every site's log-density is padded to (particles + plates)."""
+        return self.max_plate_nesting + 1
+
+
+def _find_data_frame(trace: poutine.Trace, plate_name: str):
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            for f in site["cond_indep_stack"]:
+                if f.name == plate_name:
+                    return f
+    return None
+
+
+def _inferred_batch_size(traces: tuple[poutine.Trace, ...], plate_name: str, plate_dim: int) -> int:
+    """The data plate's size read off the sites' values (a plate declared without a size)."""
+    sizes = set()
+    for tr in traces:
+        for site in tr.nodes.values():
+            if is_sample(site) and any(f.name == plate_name for f in site["cond_indep_stack"]):
+                v = site["value"]
+                shape = tuple(getattr(v, "shape", ()))
+                dim = plate_dim - len(site["fn"].event_shape)
+                if len(shape) >= -dim and shape[dim] > 1:
+                    sizes.add(shape[dim])
+    return max(sizes, default=1)
+
+
+def particle_traces(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    max_plate_nesting: int,
+    plate_name: str = DATA_PLATE,
+) -> ParticleTraces:
+    """Trace the guide with ``num_particles`` vectorized particles and replay the model on it."""
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    guide_trace = poutine.trace(vectorize(guide, num_particles, max_plate_nesting)).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(
+        poutine.replay(vectorize(model, num_particles, max_plate_nesting), trace=guide_trace)
+    ).get_trace(*args, **kwargs)
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
+    frame = _find_data_frame(guide_trace, plate_name) or _find_data_frame(model_trace, plate_name)
+    if frame is None:
+        raise PlateError(
+            f"no sample site sits in a plate named {plate_name!r}; per-datapoint quantities need the "
+            f"model and guide to declare their datapoints with `with pyro.plate({plate_name!r}, N):` "
+            "(or pass plate_name= naming your data plate)"
+        )
+    if frame.dim is None:
+        raise PlateError(f"the {plate_name!r} plate must be vectorized (give it a dim), not a sequential plate")
+    size = frame.size
+    if size is None or size < 1:  # `pyro.plate("data")` without a size: the values say how many
+        size = _inferred_batch_size((guide_trace, model_trace), plate_name, frame.dim)
+        full = size
+    else:
+        full = frame.full_size if frame.full_size is not None and frame.full_size > 0 else size
+    return ParticleTraces(
+        model_trace=model_trace,
+        guide_trace=guide_trace,
+        num_particles=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        batch_size=int(size),
+        data_scale=float(full) / float(size),
+    )
+
+
+def reduce_site(
+    value: torch.Tensor, site: dict, traces: ParticleTraces, plate_name: str = DATA_PLATE, event_dims: int = 0
+) -> tuple[torch.Tensor, bool]:
+    """Reduce a tensor with the site's batch shape (a log-density, a KL; plus ``event_dims``
+    trailing group dims) to ``(K|1, B|1, *groups)``, summed over every other plate; masks applied.
+
+    Returns the tensor and whether the site sits in the data plate (else the data dim is 1).
+    """
+    n = traces.num_dims
+    nb = value.dim() - event_dims
+    if nb > n:
+        raise ValueError(
+            f"site {site['name']!r} has log_prob shape {tuple(value.shape)} with more batch dims than its plates "
+            f"allow (max_plate_nesting={traces.max_plate_nesting}); declare the missing plate or use .to_event()"
+        )
+    value = value.reshape((1,) * (n - nb) + tuple(value.shape))
+    mask = site["mask"]
+    if mask is not None and mask is not True:
+        # poutine.mask accepts a Python bool as well as a bool tensor
+        m = torch.as_tensor(mask, device=value.device)
+        m = m.reshape(m.shape + (1,) * event_dims) if m.dim() else m
+        value = torch.where(m, value, value.new_zeros(()))
+    data_dim = None
+    for f in site["cond_indep_stack"]:
+        if f.name == plate_name:
+            data_dim = n + f.dim
+    if data_dim is None:
+        return value.sum(dim=tuple(range(1, n))).unsqueeze(1), False
+    others = tuple(d for d in range(1, n) if d != data_dim)
+    if others:
+        value = value.sum(dim=others)
+    return value, True
+
+
+def site_log_prob(site: dict, traces: ParticleTraces, plate_name: str = DATA_PLATE) -> tuple[torch.Tensor, bool]:
+    """Unscaled log-density of a site as a ``(K or 1, B or 1)`` tensor, summed over other plates.
+
+    Returns the tensor and whether the site sits in the data plate. Masks are applied; the
+    site's scale is not (callers apply it).
+    """
+    return reduce_site(site["fn"].log_prob(site["value"]), site, traces, plate_name)
+
+
+# -- stopped parameters --------------------------------------------------------------------------
+def stop_parameters(
+    fn: Distribution, value: torch.Tensor | None = None, site: str = "?", who: str = "this estimator"
+) -> Distribution:
+    """A copy of distribution ``fn`` with every tensor it holds detached (nested base
+    distributions and parameter-free transforms included; transform caches cleared).
+
+    If ``value`` is given and gradients are on, checks that ``log_prob(value.detach())`` no
+    longer depends on any parameter; it still does when parameters live in ``nn.Module`` s
+    (normalizing flows), which raises ``NotImplementedError``.
+    """
+    new = _detached(fn)
+    if value is not None and torch.is_grad_enabled() and new.log_prob(value.detach()).requires_grad:
+        raise NotImplementedError(
+            f"{who} needs log q(z) with the guide's parameters stopped, but the distribution of guide site "
+            f"{site!r} ({_describe(fn)}) keeps parameters inside nn.Modules (e.g. normalizing-flow transforms) "
+            "that detaching its tensors cannot reach. Fix: use gradient='standard' for this guide, or a guide "
+            "family whose parameters are tensors (Normal, MultivariateNormal, LowRankMultivariateNormal)"
+        )
+    return new
+
+
+def _describe(fn: Any) -> str:
+    names = [type(fn).__name__]
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+        names.append(type(fn).__name__)
+    return " of ".join(names)
+
+
+def _detached(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, weakref.ref):  # Transform._inv: recreated lazily for the copy
+        return None
+    if isinstance(obj, nn.Module):  # parameters we cannot reach: stop_parameters' probe reports it
+        return obj
+    if isinstance(obj, (Distribution, Transform)):
+        new = copy.copy(obj)
+        for key, val in vars(obj).items():
+            new.__dict__[key] = _detached(val)
+        if isinstance(obj, Transform) and "_cached_x_y" in vars(obj):
+            new._cached_x_y = (None, None)  # the cached x keeps the parameter path; recompute x = f⁻¹(z)
+        return new
+    if type(obj) in (list, tuple):
+        return type(obj)(_detached(v) for v in obj)
+    return obj
+
+
+# -- row-wise components ---------------------------------------------------------------------------
+#: torch layers that act on each row (particle, datapoint) of their input separately
+_TORCH_ROW_WISE: tuple[type, ...] = (
+    nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d, nn.Upsample, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.LayerNorm, nn.GroupNorm, nn.Dropout,
+    nn.Softplus, nn.ReLU, nn.Tanh, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Sigmoid, nn.Softsign,
+    nn.Hardtanh, nn.Mish, nn.SELU, nn.CELU, nn.PReLU,
+)
+
+
+def _declares_row_wise(m: nn.Module) -> bool:
+    """``row_wise = True`` declared by the class that defines ``m.forward`` (or a subclass of it):
+    a subclass that overrides ``forward`` must declare it again."""
+    if type(m) in _TORCH_ROW_WISE:
+        return True
+    mro = type(m).__mro__
+    fwd = next((c for c in mro if "forward" in vars(c)), None)
+    decl = next((c for c in mro if "row_wise" in vars(c)), None)
+    return bool(decl is not None and vars(decl)["row_wise"] and fwd is not None and issubclass(decl, fwd))
+
+
+def rows_independent(module: nn.Module) -> bool:
+    """True if ``module`` and every submodule act on each row of their input separately
+    (then ∂ out_(k,b) / ∂ in_(k',b') = 0 for (k', b') ≠ (k, b)): torch's row-wise layers, and
+    pyro_vae modules whose ``forward`` is declared ``row_wise``."""
+    return all(_declares_row_wise(m) for m in module.modules())
+
+
+# -- the record --------------------------------------------------------------------------------------
+@dataclass
+class LatentSite:
+    """One latent site of a :class:`Particles` record.
+
+    ``q`` is the guide's distribution and ``value`` its sample; ``p`` the model's distribution
+    (``None`` for an auxiliary guide site the model lacks) evaluated at ``model_value`` (the same
+    tensor, or a view of it on which a routing hook may act). ``q_scale`` / ``p_scale`` are the
+    sites' relative scales. ``reduce(t, event_dims)`` turns a tensor with the site's batch shape
+    (plus ``event_dims`` trailing group dims) into ``(K|1, B|1, *groups)`` with the guide
+    site's mask; ``reduce_p`` does the same with the model site's mask.
+    """
+
+    name: str
+    q: Distribution
+    p: Distribution | None
+    value: torch.Tensor
+    model_value: torch.Tensor
+    in_plate: bool
+    q_scale: Any
+    p_scale: Any
+    closed_form_ok: bool
+    reduce: Callable[..., torch.Tensor]
+    #: the model site's reduction (its own mask); ``None``: the same as ``reduce``
+    reduce_p: Callable[..., torch.Tensor] | None = None
+
+
+@dataclass
+class ObservedSite:
+    """One observed site: its per-datapoint ``(K|1, B|1)`` log-density and relative scale."""
+
+    name: str
+    log_prob: torch.Tensor
+    in_plate: bool
+    scale: Any
+
+
+def _scaled(scale: Any, t: torch.Tensor) -> torch.Tensor:
+    return t if (isinstance(scale, float) and scale == 1.0) else scale * t
+
+
+@dataclass
+class Particles:
+    """The per-call record of ``K`` particles for ``B`` datapoints (see the module docstring).
+
+    ``log_lik``, ``log_prior``, ``log_q`` and ``log_weights`` are computed on first access, so an
+    objective pays only for what it reads. :meth:`scale_latents` returns the record with every
+    latent site's density multiplied by β (the β-ELBO, KL warm-up).
+    """
+
+    num_particles: int
+    batch_size: int
+    data_scale: float
+    latents: list[LatentSite]
+    observed: list[ObservedSite]
+    row_wise: bool = False
+    #: the traces it was built from (``None`` for :func:`from_vae`)
+    traces: ParticleTraces | None = None
+    beta: float = 1.0
+    plate_name: str = DATA_PLATE
+    _stopped: dict = field(default_factory=dict, repr=False)
+
+    # -- per-datapoint sums ------------------------------------------------------------------------
+    def _full(self, t: torch.Tensor | None) -> torch.Tensor:
+        K, B = self.num_particles, self.batch_size
+        if t is None:
+            return torch.zeros((K, B))
+        return t.expand(K, B) if t.dim() == 2 else t.reshape(1, 1).expand(K, B)
+
+    @cached_property
+    def log_lik(self) -> torch.Tensor:
+        """Σ over observed sites in the data plate of their relative-scaled log-densities, (K, B)."""
+        total = None
+        for s in self.observed:
+            if s.in_plate:
+                t = _scaled(s.scale, s.log_prob)
+                total = t if total is None else total + t
+        return self._full(total)
+
+    def _latent_sum(self, which: str, stopped_who: str | None = None) -> torch.Tensor:
+        total = None
+        for s in self.latents:
+            if not s.in_plate:
+                continue
+            if which == "p":
+                if s.p is None:
+                    continue
+                t = _scaled(self.beta * s.p_scale, (s.reduce_p or s.reduce)(s.p.log_prob(s.model_value)))
+            else:
+                fn = s.q if stopped_who is None else stop_parameters(s.q, s.value, s.name, stopped_who)
+                t = _scaled(self.beta * s.q_scale, s.reduce(fn.log_prob(s.value)))
+            total = t if total is None else total + t
+        return self._full(total)
+
+    @cached_property
+    def log_prior(self) -> torch.Tensor:
+        """Σ over the model's latent sites in the data plate of log p(z | parents), (K, B)."""
+        return self._latent_sum("p")
+
+    @cached_property
+    def log_q(self) -> torch.Tensor:
+        """Σ over the guide's latent sites in the data plate of log q(z | x, parents), (K, B)."""
+        return self._latent_sum("q")
+
+    def stopped_log_q(self, who: str) -> torch.Tensor:
+        """log q_φ̄(z), ``(K, B)``: the guide's density with its parameters stopped, differentiable
+        along the sample path z only (STL, DReG). ``who`` names the caller in errors."""
+        if "value" not in self._stopped:
+            self._stopped["value"] = self._latent_sum("q", stopped_who=who)
+        return self._stopped["value"]
+
+    def global_sites(self) -> list[str]:
+        """Names of the sample sites outside the data plate."""
+        return [s.name for s in self.observed if not s.in_plate] + [s.name for s in self.latents if not s.in_plate]
+
+    def require_local(self) -> None:
+        """Raise :class:`PlateError` naming the first site outside the data plate, if any."""
+        bad = self.global_sites()
+        if bad:
+            p = self.plate_name
+            raise PlateError(
+                f"sample site {bad[0]!r} sits outside the {p!r} plate, so its weight is "
+                "shared by the whole minibatch and per-datapoint weights are undefined. Fix: move it inside "
+                f"`pyro.plate({p!r}, ...)` (a local latent), or use an objective that does not "
+                "combine weights per datapoint (pyro_vae.objectives.ELBO or pyro.infer.Trace_ELBO)"
+            )
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log p(x_b, z_kb) − log q(z_kb | x_b), ``(K, B)``; every site must be in the data plate."""
+        self.require_local()
+        return self.log_lik + self.log_prior - self.log_q
+
+    def global_log_lik(self) -> torch.Tensor:
+        """Σ over observed sites outside the data plate of scale · log p, averaged over particles."""
+        total = torch.zeros(())
+        for s in self.observed:
+            if not s.in_plate:
+                total = total + (self.data_scale * s.scale * s.log_prob).sum() / self.num_particles
+        return total
+
+    # -- the samples -------------------------------------------------------------------------------
+    @property
+    def samples(self) -> list[torch.Tensor]:
+        """The guide's latent samples that carry a gradient (the sample paths)."""
+        return [s.value for s in self.latents if s.value.requires_grad]
+
+    @property
+    def model_samples(self) -> list[torch.Tensor]:
+        """The tensors the model's densities read the samples from (routing hooks go here)."""
+        return [s.model_value for s in self.latents if s.value.requires_grad]
+
+    def check_single_level(self, who: str) -> None:
+        """Raise if a guide latent's sample depends on another guide latent's sample (a
+        hierarchical guide), where stopping q's parameters would cut an upstream sample path."""
+        values = [(s.name, s.value) for s in self.latents if s.value.requires_grad]
+        if len(values) < 2:
+            return
+        nodes = {v.grad_fn: name for name, v in values if v.grad_fn is not None}
+        for name, v in values:
+            if v.grad_fn is None:
+                continue
+            seen: set = set()
+            stack = [n for n, _ in v.grad_fn.next_functions]
+            while stack:
+                node = stack.pop()
+                if node is None or node in seen:
+                    continue
+                seen.add(node)
+                if node in nodes:
+                    raise NotImplementedError(
+                        f"{who}: guide site {name!r} is drawn from a distribution that depends on the sample of "
+                        f"{nodes[node]!r} (a hierarchical guide). This estimator stops q's parameters and routes "
+                        "gradients along each sample's own path, which is only exact when every latent's "
+                        "distribution depends on the data and parameters alone. Fix: use gradient='standard'"
+                    )
+                stack.extend(n for n, _ in node.next_functions)
+
+    # -- transformations -----------------------------------------------------------------------------
+    def scale_latents(self, beta: float) -> "Particles":
+        """The record with every latent site's log-density (model and guide) multiplied by β."""
+        return Particles(
+            self.num_particles, self.batch_size, self.data_scale, self.latents, self.observed,
+            self.row_wise, self.traces, self.beta * float(beta), self.plate_name,
+        )
+
+
+# -- KL of one latent site ----------------------------------------------------------------------------
+def _factorized(d: Any) -> tuple[Any, int] | None:
+    n = 0
+    while isinstance(d, Independent):
+        n += d.reinterpreted_batch_ndims
+        d = d.base_dist
+    if tuple(d.event_shape) != ():
+        return None
+    return d, n
+
+
+def latent_kl(site: LatentSite, analytic: bool = True, per_dim: bool = False) -> tuple[torch.Tensor, str]:
+    """KL(q ‖ p) of one latent site, unscaled, reduced like its log-density: ``(K|1, B|1)``, or
+    ``(K|1, B|1, G)`` per latent dimension with ``per_dim=True`` (then q and p must factorize:
+    ``Independent`` of a univariate family; else ``NotImplementedError``).
+
+    The closed form is used when ``analytic``, registered with ``kl_divergence`` and valid at this
+    site (``site.closed_form_ok``); otherwise the Monte Carlo estimate log q − log p at the
+    particles. Returns the KL and ``"analytic"``, ``"monte carlo"`` or ``"monte carlo (order)"``
+    (a closed form exists but p's parents are drawn after the site by the guide).
+    """
+    q, p, z = site.q, site.p, site.value
+    if p is None:
+        raise ValueError(f"guide site {site.name!r} has no model counterpart: no KL(q ‖ p) there")
+    if per_dim:
+        fq, fp = _factorized(q), _factorized(p)
+        if fq is None or fp is None or fq[1] != fp[1]:
+            raise NotImplementedError(
+                f"free bits per latent dimension needs a guide and prior that factorize over the dimensions "
+                f"of site {site.name!r} (Independent of a univariate family, e.g. Normal(...).to_event(1)), got "
+                f"{type(q).__name__} (guide) and {type(p).__name__} (prior). Fix: groups='site' clamps the "
+                "KL of the whole site instead"
+            )
+        (q, event), (p, _) = fq, fp
+    kl, method = None, "monte carlo"
+    if analytic:
+        try:
+            kl = kl_divergence(q, p)
+            method = "analytic"
+        except NotImplementedError:
+            kl = None
+        if kl is not None and not site.closed_form_ok:
+            kl, method = None, "monte carlo (order)"
+    if kl is None and site.reduce_p is not None and not per_dim:  # each density with its own site's mask
+        return site.reduce(q.log_prob(z)) - site.reduce_p(p.log_prob(site.model_value)), method
+    if kl is None:
+        kl = q.log_prob(z) - p.log_prob(site.model_value)
+    if per_dim:
+        kl = kl.reshape(*kl.shape[: kl.dim() - event], -1) if event else kl.unsqueeze(-1)
+        return site.reduce(kl, 1), method
+    return site.reduce(kl), method
+
+
+# -- producer 1: any Pyro program ----------------------------------------------------------------------
+def _closed_form_ok(name: str, model_order: list[str], guide_order: dict[str, int]) -> bool:
+    """Every latent the model draws before ``name`` is drawn before it by the guide too."""
+    here = guide_order.get(name)
+    if here is None:
+        return False
+    for other in model_order:
+        if other == name:
+            return True
+        if guide_order.get(other, -1) > here:
+            return False
+    return True
+
+
+def from_traces(traces: ParticleTraces, plate_name: str = DATA_PLATE) -> Particles:
+    """The :class:`Particles` record of traced particles (any model/guide pair)."""
+    mt, gt = traces.model_trace, traces.guide_trace
+    ds = traces.data_scale
+    model_latents = [n for n, s in mt.nodes.items() if is_latent(s)]
+    guide_order = {n: i for i, n in enumerate(n for n, s in gt.nodes.items() if is_latent(s))}
+    observed, latents = [], []
+    for name, msite in mt.nodes.items():
+        if not is_sample(msite):
+            continue
+        if msite["is_observed"]:
+            lp, in_plate = site_log_prob(msite, traces, plate_name)
+            observed.append(ObservedSite(name, lp, in_plate, msite["scale"] / ds))
+            continue
+        gsite = gt.nodes.get(name)
+        if gsite is None:
+            raise ValueError(f"latent site {name!r} of the model has no matching site in the guide")
+        latents.append(_latent(name, gsite, msite, traces, plate_name,
+                               _closed_form_ok(name, model_latents, guide_order)))
+    for name, gsite in gt.nodes.items():  # auxiliary guide sites (no model counterpart) enter as −log q
+        if is_latent(gsite) and name not in mt.nodes:
+            latents.append(_latent(name, gsite, None, traces, plate_name, False))
+    return Particles(traces.num_particles, traces.batch_size, ds, latents, observed, row_wise=False, traces=traces,
+                     plate_name=plate_name)
+
+
+def _latent(name: str, gsite: dict, msite: dict | None, traces: ParticleTraces, plate_name: str, ok: bool) -> LatentSite:
+    _, in_plate = reduce_site(torch.zeros(()), gsite, traces, plate_name)
+
+    def reduce(t: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
+        return reduce_site(t, gsite, traces, plate_name, event_dims)[0]
+
+    def reduce_p(t: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
+        return reduce_site(t, msite, traces, plate_name, event_dims)[0]
+
+    ds = traces.data_scale
+    return LatentSite(
+        name=name,
+        q=gsite["fn"],
+        p=None if msite is None else msite["fn"],
+        value=gsite["value"],
+        model_value=gsite["value"] if msite is None else msite["value"],
+        in_plate=in_plate,
+        q_scale=gsite["scale"] / ds,
+        p_scale=(gsite["scale"] if msite is None else msite["scale"]) / ds,
+        closed_form_ok=ok,
+        reduce=reduce,
+        reduce_p=None if msite is None else reduce_p,
+    )
+
+
+def traced_particles(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, max_plate_nesting: int,
+    plate_name: str = DATA_PLATE,
+) -> Particles:
+    """:func:`particle_traces` then :func:`from_traces`."""
+    return from_traces(particle_traces(model, guide, args, kwargs, num_particles, max_plate_nesting, plate_name),
+                       plate_name)
+
+
+# -- producer 2: a plain VAE's components ------------------------------------------------------------
+def _reduce_plain(t: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
+    return t.unsqueeze(0) if t.dim() - event_dims == 1 else t
+
+
+def from_vae(
+    vae: Any,
+    x: torch.Tensor,
+    num_particles: int,
+    num_data: int | None = None,
+    q: Distribution | None = None,
+    block_rows: int | None = None,
+) -> Particles:
+    """The :class:`Particles` record of a plain :class:`~pyro_vae.VAE` without tracing.
+
+    Draws ``z = q.rsample((K,))`` with ``q = vae.encoder(x)`` — the draws ``pyro.sample`` makes
+    under the ``K``-particle plate — and scores ``z`` under ``vae.prior()`` and ``vae.decoder``:
+    the numbers of :func:`from_traces` on ``vae.model`` / ``vae.guide``. ``q`` may be passed
+    when the encoder already ran on ``x``. With ``block_rows`` (no gradients only) the decoder
+    runs on blocks of about that many (particle, datapoint) rows, so each block's activations
+    stay in cache between the matmul and the log-density.
+    """
+    B, K = x.shape[0], num_particles
+    if num_data is not None and num_data < B:
+        raise ValueError(f"num_data={num_data} is smaller than the minibatch ({B}); pass the data set size")
+    q = vae.encoder(x) if q is None else q
+    z = q.rsample((K,)) if getattr(q, "has_rsample", False) else q.sample((K,))
+    z_p = z.view_as(z)  # the model's copy of z: routing may rescale its gradient with a hook
+    prior = vae.prior()
+    decoder = vae.decoder
+    if block_rows is not None and not torch.is_grad_enabled():
+        ks = max(1, block_rows // max(B, 1))
+        log_lik = torch.cat([decoder(z_p[lo : lo + ks]).log_prob(x) for lo in range(0, K, ks)])
+    else:
+        log_lik = decoder(z_p).log_prob(x)  # (K, B)
+    latent = LatentSite("z", q, prior, z, z_p, True, 1.0, 1.0, True, _reduce_plain)
+    return Particles(
+        K, B, 1.0 if num_data is None else num_data / B, [latent], [ObservedSite("x", log_lik, True, 1.0)],
+        row_wise=rows_independent(decoder),
+    )
+
+
+def log_weights(traces: ParticleTraces, plate_name: str = DATA_PLATE) -> torch.Tensor:
+    """Per-datapoint log importance weights ``log p(x_b, z_kb) - log q(z_kb | x_b)``, shape ``(K, B)``.
+
+    Every sample site must sit in the data plate; a global latent makes the weights joint over
+    the minibatch and raises :class:`PlateError` naming the site and the fix.
+    """
+    return from_traces(traces, plate_name).log_weights
+
+
+__all__ = [
+    "PARTICLE_PLATE",
+    "PlateError",
+    "Particles",
+    "LatentSite",
+    "ObservedSite",
+    "ParticleTraces",
+    "from_traces",
+    "from_vae",
+    "traced_particles",
+    "guess_max_plate_nesting",
+    "particle_traces",
+    "reduce_site",
+    "site_log_prob",
+    "log_weights",
+    "stop_parameters",
+    "latent_kl",
+    "rows_independent",
+    "is_sample",
+    "is_latent",
+    "is_observed",
+    "vectorize",
+]
