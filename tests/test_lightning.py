@@ -65,7 +65,12 @@ def test_shards_partition_each_global_batch_and_one_shard_is_batches():
 
 
 # -- one process: the Lightning loop is fit's loop --------------------------------------------------
-@pytest.mark.parametrize("options", [dict(lr_schedule="step"), dict(patience=1, lr=0.03)], ids=["schedule", "early-stop"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(lr_schedule="step"), dict(patience=1, lr=0.03), dict(val_objective=pv.objectives.IWAE(num_particles=5),
+                                                               val_batch_size=16)],
+    ids=["schedule", "early-stop", "iwae-validation"],
+)
 def test_one_process_reproduces_fit_bit_for_bit_with_the_same_run_directory(tmp_path, options):
     g = torch.Generator().manual_seed(3)
     train, val = torch.rand(200, 20, generator=g), torch.rand(50, 20, generator=g)
@@ -87,6 +92,18 @@ def test_one_process_reproduces_fit_bit_for_bit_with_the_same_run_directory(tmp_
     assert set(sb) == set(sa)  # the same checkpoint dictionary
     assert set(sb["rng"]) == {"torch", "data", "torch_ranks"}  # (plus every process's generator)
     assert (tmp_path / "lightning" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("kw, computed", [({}, False), ({"log_grad_norm": True}, True), ({"grad_clip": 1e3}, True)])
+def test_the_gradient_norm_is_computed_only_when_clipping_or_asked(monkeypatch, kw, computed):
+    calls = []
+    norm = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or norm(*a, **k))
+    train = torch.rand(200, 20, generator=torch.Generator().manual_seed(3))
+    h = fit_distributed(tiny_vae(20, 3, 16), train=train, epochs=1, batch_size=32, dynamic_binarization=True,
+                        accelerator="cpu", progress=False, **kw)
+    assert len(calls) == (7 if computed else 0)  # 200 rows in batches of 32: 7 steps
+    assert math.isfinite(h.epochs[0]["grad_norm"]) == computed
 
 
 # -- two processes: the data plate's scale, pinned noise --------------------------------------------

@@ -12,7 +12,7 @@ import torch
 
 import pyro_vae as pv
 from pyro_vae.data import DataError
-from pyro_vae.train import CheckpointError, load_checkpoint, save_checkpoint, train_step
+from pyro_vae.train import CheckpointError, StepInfo, evaluate_bound, load_checkpoint, save_checkpoint, train_step
 from pyro_vae.train.fit import collect_parameters
 
 
@@ -244,3 +244,64 @@ def test_resume_continues_a_kl_warmup_where_it_stopped(tmp_path, grey):
     assert run(2).step == 14  # 7 steps per epoch
     assert load_checkpoint(tmp_path / "w" / "checkpoint.pt")["objective_step"] == 14
     assert run(3, resume=True).step == 21
+
+
+def test_on_step_gets_every_step_and_its_wall_time(grey):
+    train, _ = grey
+    calls = []
+    h = pv.fit(tiny_vae(), train=train, epochs=2, batch_size=32, dynamic_binarization=True, progress=False,
+               on_step=lambda info, seconds: calls.append((info, seconds)))
+    assert len(calls) == 2 * 7  # 200 rows in batches of 32: 7 steps an epoch
+    assert all(isinstance(info, StepInfo) and 0 < seconds < h.epochs[0]["seconds"] for info, seconds in calls)
+    # the steps' own losses: weighted by their batch sizes they make the epoch's train_loss
+    sizes = [32] * 6 + [8]
+    for epoch in range(2):
+        infos = [info for info, _ in calls[7 * epoch : 7 * (epoch + 1)]]
+        mean = sum(i.loss * b for i, b in zip(infos, sizes)) / 200
+        assert mean == pytest.approx(h.epochs[epoch]["train_loss"], rel=1e-12)
+    assert sum(s for _, s in calls[:7]) <= h.epochs[0]["seconds"]
+
+
+@pytest.mark.parametrize("k", [None, 7])
+def test_val_objective_is_the_bound_validation_reports(grey, k):
+    """fit validates right after the epoch's last step, drawing from torch's global generator: the
+    generator state at the last on_step call reproduces its validation number with evaluate_bound."""
+    train, val = grey
+    states = []
+    vae = tiny_vae()
+    objective = pv.objectives.IWAE(num_particles=k) if k else None
+    h = pv.fit(vae, train=train, val=val, epochs=1, batch_size=32, dynamic_binarization=True, seed=5, progress=False,
+               val_objective=objective, val_batch_size=16, on_step=lambda info, s: states.append(torch.get_rng_state()))
+    x_val = torch.bernoulli(val, generator=torch.Generator().manual_seed(5 + 1))  # binarized once, as fit does
+    torch.set_rng_state(states[-1])
+    expected = evaluate_bound(vae.model, vae.guide, x_val, objective=pv.objectives.IWAE(num_particles=k) if k else None,
+                              batch_size=16)
+    assert h.epochs[0]["val_elbo"] == expected
+    assert h.best_val == expected
+
+
+def test_val_batch_size_is_checked(grey):
+    train, val = grey
+    with pytest.raises(ValueError, match="val_batch_size"):
+        pv.fit(tiny_vae(), train=train, val=val, epochs=1, dynamic_binarization=True, val_batch_size=0, progress=False)
+
+
+@pytest.mark.parametrize("kw, computed", [({}, False), ({"log_grad_norm": True}, True), ({"grad_clip": 1e3}, True)])
+def test_the_gradient_norm_is_computed_only_when_clipping_or_asked(grey, monkeypatch, kw, computed):
+    train, _ = grey
+    calls = []
+    norm = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or norm(*a, **k))
+    h = pv.fit(tiny_vae(), train=train, epochs=2, batch_size=32, dynamic_binarization=True, progress=False, **kw)
+    assert len(calls) == (2 * 7 if computed else 0)
+    assert all(math.isfinite(g) == computed for g in h.column("grad_norm"))
+
+
+def test_the_checkpoint_dictionary_keeps_its_format(tmp_path, grey):
+    """Checkpoints written before the run state was shared still load: the keys have not changed."""
+    _fit(tiny_vae(), grey, tmp_path / "r", 1, patience=3)
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert set(state) == {"format", "version", "epoch", "model", "optimizer", "scheduler", "rng", "history",
+                          "best_epoch", "best_val", "epochs_since_best", "stopped_early", "kl_sites", "config"}
+    assert set(state["rng"]) == {"torch", "data"}
+    assert set(load_checkpoint(tmp_path / "r" / "best.pt")) == {"format", "version", "epoch", "model", "config"}

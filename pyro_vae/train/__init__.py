@@ -1,8 +1,9 @@
-"""Training: ``train_step`` (one update), ``fit`` (the loop), atomic checkpoints."""
+"""Training: ``train_step`` (one update), the run state (``state``: history, early stopping,
+checkpoints, metrics), ``fit`` (the loop) and atomic checkpoints."""
 
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-from .fit import History, StepInfo, collect_parameters, evaluate_bound, fit, train_step
-
+from .fit import StepInfo, collect_parameters, evaluate_bound, fit, train_step
+from .state import History
 
 
 def __getattr__(name: str):

@@ -1,18 +1,17 @@
 """Training: a functional step and a thin ``fit`` loop around it.
 
 ``train_step`` does one optimizer update of any objective on one minibatch and returns a
-:class:`StepInfo`; ``fit`` only loops over it, validates, checkpoints and logs.
+:class:`StepInfo`; ``fit`` only loops over it. What the loop keeps between epochs (history,
+early stopping, checkpoints, metrics) is :class:`~pyro_vae.train.state.RunState`, shared with
+the Lightning loop (:mod:`pyro_vae.train.lightning`).
 """
 
 from __future__ import annotations
 
-import csv
 import inspect
-import io
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -24,14 +23,9 @@ from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywid
 
 from .._typing import DeviceLike
 from ..data import Batches, DataError, validate_array
-from ..objectives import ELBO, find_warmup
+from ..objectives import ELBO
 from ..vae import VAE
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-METRICS = "metrics.csv"
-
+from .state import BEST, CHECKPOINT, METRICS, VAL, EpochMeter, History, RunState, open_run, restore_rng, restore_training, rng_state
 
 class StepInfo(NamedTuple):
     """What one training step measured (floats, per datapoint unless noted)."""
@@ -39,22 +33,7 @@ class StepInfo(NamedTuple):
     loss: float  # the objective's loss divided by the data set size (negative bound per datapoint)
     reconstruction: float  # E_q log p(x|z) per datapoint (nan if the objective does not report it)
     kl: float  # KL(q || p) per datapoint (nan if not reported)
-    grad_norm: float  # total gradient 2-norm before clipping
-
-
-@dataclass
-class History:
-    """Per-epoch metrics of a run (one dict per epoch) and the run's bookkeeping."""
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_val: float = -math.inf
-    stopped_early: bool = False
-    kl_sites: dict[str, str] = field(default_factory=dict)
-
-    def column(self, key: str) -> list[float]:
-        """One metric over epochs."""
-        return [row[key] for row in self.epochs if key in row]
+    grad_norm: float  # total gradient 2-norm before clipping (nan unless clipping or asked: gradient_norm)
 
 
 def _accepts_num_data(fn: Callable) -> bool:
@@ -86,6 +65,27 @@ def collect_parameters(model: Callable, guide: Callable, args: tuple, kwargs: di
     return list(params.values())
 
 
+def gradient_norm(params: Sequence[torch.Tensor], grad_clip: float | None = None, wanted: bool = False) -> float:
+    """Clip the gradients to total norm ``grad_clip`` and return the norm before clipping.
+
+    Computed only when clipping or ``wanted``: otherwise nothing is done and the result is
+    ``nan`` (a norm per parameter and a host sync every step cost 3–7% of a small model's step:
+    ``docs/benchmarks.md``). Both training loops, ``fit`` and the Lightning module, call this.
+    """
+    if grad_clip is None and not wanted:
+        return math.nan
+    max_norm = grad_clip if grad_clip is not None else math.inf
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def non_finite(what: str, value: float) -> FloatingPointError:
+    """The error both loops raise when the training loss or gradient is not finite."""
+    return FloatingPointError(
+        f"training {what} became {value}; lower the learning rate (--lr), enable gradient clipping "
+        "(--grad-clip 10), or check the data for extreme values. The last checkpoint is intact."
+    )
+
+
 def train_step(
     loss_fn: Callable[..., torch.Tensor],
     params: Sequence[torch.Tensor],
@@ -100,21 +100,14 @@ def train_step(
     """One update: ``loss = loss_fn(*args, **kwargs)``, backward, optional clipping, optimizer step.
 
     The total gradient norm (``StepInfo.grad_norm``) is computed when clipping or when
-    ``grad_norm=True``; otherwise it is ``nan`` (a norm per parameter and a host sync every
-    step cost 3–7% of a small model's step: ``docs/benchmarks.md``).
+    ``grad_norm=True``; otherwise it is ``nan`` (:func:`gradient_norm`).
     """
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(*args, **kwargs)
     if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"training loss became {float(loss.detach())}; lower the learning rate (--lr), enable gradient clipping "
-            "(--grad-clip 10), or check the data for extreme values. The last checkpoint is intact."
-        )
+        raise non_finite("loss", float(loss.detach()))
     loss.backward()
-    norm = math.nan
-    if grad_clip is not None or grad_norm:
-        max_norm = grad_clip if grad_clip is not None else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = gradient_norm(params, grad_clip, grad_norm)
     optimizer.step()
     t = terms() if terms is not None else None
     rec = float(t.reconstruction) if t is not None else math.nan
@@ -168,30 +161,6 @@ def make_scheduler(name: str | None, optimizer: torch.optim.Optimizer, epochs: i
     raise ValueError(f"unknown lr_schedule {name!r}; choose 'none', 'cosine', 'step' or 'plateau'")
 
 
-def _write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
-    if not rows:
-        return
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in keys})
-    atomic_write_text(run_dir / METRICS, buf.getvalue())
-
-
-def _tensorboard(run_dir: Path | None, enabled: bool):
-    if run_dir is None or not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: CSV only
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
 def check_fit_inputs(
     where: str,
     model: Any,
@@ -205,6 +174,7 @@ def check_fit_inputs(
     grad_clip: float | None,
     patience: int | None,
     dynamic_binarization: bool,
+    val_batch_size: int | None = None,
 ) -> VAE | None:
     """The checks ``fit`` and ``fit_distributed`` run before anything is trained or written.
 
@@ -224,6 +194,9 @@ def check_fit_inputs(
         raise ValueError(f"patience must be >= 1 or None, got {patience}")
     if patience is not None and val is None:
         raise ValueError("early stopping (patience) needs validation data: pass val=")
+    if val_batch_size is not None and (isinstance(val_batch_size, bool) or not isinstance(val_batch_size, int)
+                                       or val_batch_size < 1):
+        raise ValueError(f"val_batch_size must be an integer >= 1 or None, got {val_batch_size!r}")
     vae = model if isinstance(model, VAE) else None
     if vae is None and guide is None:
         raise TypeError(f"{where}(model, ...) with a model function needs guide=; or pass a pyro_vae.VAE")
@@ -241,23 +214,33 @@ def check_fit_inputs(
     return vae
 
 
-def open_run(
-    run_dir: str | Path | None, resume: bool, overwrite: bool
-) -> tuple[Path | None, Path | None, dict[str, Any] | None]:
-    """``(run_path, checkpoint_path, state to resume or None)``; refuses to overwrite a run unasked."""
-    run_path = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_path / CHECKPOINT if run_path is not None else None
-    state: dict[str, Any] | None = None
-    if resume:
-        if ckpt_path is None:
-            raise ValueError("resume=True needs run_dir= pointing at a previous run")
-        state = load_checkpoint(ckpt_path)
-    elif ckpt_path is not None and ckpt_path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{run_path} already holds a run ({CHECKPOINT}); pass resume=True (CLI --resume) to continue it, "
-            "overwrite=True (--overwrite) to replace it, or choose another run_dir (--run-dir)"
-        )
-    return run_path, ckpt_path, state
+def scales_to_data(model_fn: Callable, guide_fn: Callable, stacklevel: int = 3) -> bool:
+    """Whether model and guide take ``num_data`` (minibatch bounds scaled to the data set); warns if not."""
+    if _accepts_num_data(model_fn) and _accepts_num_data(guide_fn):
+        return True
+    warnings.warn(
+        "model/guide do not take a num_data keyword, so minibatch bounds are not scaled to the data set; "
+        "declare `pyro.plate('data', size=num_data, subsample=...)` and accept num_data",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    return False
+
+
+def fixed_data(
+    train: torch.Tensor, val: torch.Tensor | None, batch_size: int, dynamic_binarization: bool, seed: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first minibatch (traced once to find the parameters) and the validation data.
+
+    Under dynamic binarization the first batch is thresholded and the validation data are
+    binarized once, with a generator seeded ``seed + 1``: the same in every loop and process.
+    """
+    first = train[: min(batch_size, train.shape[0])]
+    if dynamic_binarization:
+        first = (first > 0.5).to(first.dtype)
+        if val is not None:
+            val = torch.bernoulli(val.cpu(), generator=torch.Generator().manual_seed(seed + 1))
+    return first, val
 
 
 def fit(
@@ -287,6 +270,9 @@ def fit(
     tensorboard: bool = True,
     log_grad_norm: bool = False,
     callbacks: Iterable[Callable[[int, dict[str, float]], None]] = (),
+    on_step: Callable[[StepInfo, float], None] | None = None,
+    val_objective: pyro.infer.ELBO | None = None,
+    val_batch_size: int | None = None,
 ) -> History:
     """Train a model/guide pair by maximizing ``objective`` on minibatches of ``train``.
 
@@ -297,11 +283,12 @@ def fit(
         objective: any :class:`pyro.infer.ELBO` with ``differentiable_loss``; default
             :class:`pyro_vae.objectives.ELBO` (closed-form KL where registered; which sites fell
             back to Monte Carlo is in ``History.kl_sites``).
-        train, val: tensors ``(N, D)``; validation runs every epoch (the ELBO per datapoint).
+        train, val: tensors ``(N, D)``; validation runs every epoch (``val_elbo``: the bound per
+            datapoint, see ``val_objective``).
         epochs, batch_size, optimizer (``adam``/``adamw``/``sgd``), lr, weight_decay: as usual.
         lr_schedule: ``None``/``"cosine"``/``"step"``/``"plateau"`` (stepped once per epoch).
         grad_clip: clip the total gradient norm to this value.
-        patience: stop when the validation ELBO has not improved for this many epochs; with
+        patience: stop when the validation bound has not improved for this many epochs; with
             ``restore_best`` the best weights are restored at the end.
         dynamic_binarization: resample binary pixels x ~ Bernoulli(intensity) every minibatch
             (validation data are binarized once, with a fixed generator).
@@ -315,7 +302,15 @@ def fit(
         config: a plain dict stored in the checkpoint (the CLI stores its resolved config).
         log_grad_norm: record the mean total gradient norm per epoch (``grad_norm``; always
             recorded when ``grad_clip`` is set). Off by default: it costs a few % per step.
-        callbacks: ``f(epoch, metrics)`` called after each epoch.
+        callbacks: ``f(epoch, metrics)`` called after each epoch (after its checkpoint is written).
+        on_step: ``f(info, seconds)`` called after every optimizer step with its
+            :class:`StepInfo` and the wall-clock seconds of :func:`train_step` alone
+            (``time.perf_counter`` around the call: no data loading, logging or callbacks).
+        val_objective: the bound validation reports as ``val_elbo`` (and early stopping and
+            ``best.pt`` follow), e.g. ``IWAE(num_particles=1000)``; default the ELBO with one
+            particle. Evaluated with its ``loss`` on the evaluation-mode model, drawing from torch's
+            global generator as training does (so resumed runs reproduce it). Ignored without ``val``.
+        val_batch_size: rows per validation call (default 500); lower it for many particles.
 
     Returns:
         :class:`History` of per-epoch metrics (``train_loss``, ``train_elbo``, ``val_elbo``,
@@ -331,10 +326,13 @@ def fit(
     """
     # ---- validate everything before anything is trained or written ---------------------------
     vae = check_fit_inputs("fit", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
-                           grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization)
+                           grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization,
+                           val_batch_size=val_batch_size)
     model_fn, guide_fn = (vae.model, vae.guide) if vae is not None else (model, guide)
     run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
     objective = objective if objective is not None else ELBO()
+    if not hasattr(objective, "differentiable_loss"):
+        raise TypeError(f"{type(objective).__name__} has no differentiable_loss; use a pyro_vae objective")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' requested but CUDA is not available; use device='cpu'")
@@ -346,172 +344,62 @@ def fit(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     batches = Batches(train, batch_size, shuffle=True, dynamic_binarization=dynamic_binarization, generator=gen, device=device)
     num_data = batches.num_data
-    if val is not None:
-        val = val.to(device)
-        if dynamic_binarization:
-            val = torch.bernoulli(val.cpu(), generator=torch.Generator().manual_seed(seed + 1)).to(device)
-    pass_num_data = _accepts_num_data(model_fn) and _accepts_num_data(guide_fn)
-    if not pass_num_data:
-        warnings.warn(
-            "model/guide do not take a num_data keyword, so minibatch bounds are not scaled to the data set; "
-            "declare `pyro.plate('data', size=num_data, subsample=...)` and accept num_data",
-            UserWarning,
-            stacklevel=2,
-        )
-    first = train[: min(batch_size, num_data)].to(device)
-    if dynamic_binarization:
-        first = (first > 0.5).to(first.dtype)
+    first, val = fixed_data(train, val, batch_size, dynamic_binarization, seed)
+    val = val.to(device) if val is not None else None
+    pass_num_data = scales_to_data(model_fn, guide_fn)
     kw = {"num_data": num_data} if pass_num_data else {}
-    params = collect_parameters(model_fn, guide_fn, (first,), kw)
+    params = collect_parameters(model_fn, guide_fn, (first.to(device),), kw)
     if not params:
         raise ValueError("the model and guide have no trainable parameters")
     opt = make_optimizer(optimizer, params, lr, weight_decay)
     sched = make_scheduler(lr_schedule, opt, epochs)
-    if hasattr(objective, "differentiable_loss"):
-        loss_fn: Callable[..., torch.Tensor] = lambda *a, **k: objective.differentiable_loss(model_fn, guide_fn, *a, **k)  # noqa: E731
-    else:
-        raise TypeError(f"{type(objective).__name__} has no differentiable_loss; use a pyro_vae objective")
+    loss_fn: Callable[..., torch.Tensor] = lambda *a, **k: objective.differentiable_loss(model_fn, guide_fn, *a, **k)  # noqa: E731
     terms = (lambda: objective.last_terms) if hasattr(objective, "last_terms") else None
+    val_kw = {"objective": val_objective, "batch_size": val_batch_size or 500, "pass_num_data": pass_num_data}
 
-    history = History()
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch = 0
-    epochs_since_best = 0
+    run = RunState(objective, patience=patience, restore_best=restore_best, run_dir=run_path, config=config,
+                   callbacks=callbacks)
     if state is not None:
-        try:
-            if vae is not None:
-                vae.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state.get("scheduler") is not None:
-                sched.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(
-                f"{ckpt_path} does not match this model/optimizer ({str(e).splitlines()[0][:200]}); resume with the "
-                "config the run was started with (its run_dir/config.toml)"
-            ) from e
-        torch.set_rng_state(state["rng"]["torch"])
-        gen.set_state(state["rng"]["data"])
-        history.epochs = [dict(r) for r in state["history"]]
-        history.best_epoch = state.get("best_epoch")
-        history.best_val = float(state.get("best_val", -math.inf))
-        history.kl_sites = dict(state.get("kl_sites", {}))
-        epochs_since_best = int(state.get("epochs_since_best", 0))
-        warmup = find_warmup(objective)
-        if warmup is not None and "objective_step" in state:
-            warmup.set_step(int(state["objective_step"]))
-        start_epoch = int(state["epoch"])
-        if state.get("stopped_early"):
-            history.stopped_early = True
-            start_epoch = epochs
-
-    writer = _tensorboard(run_path, tensorboard)
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = len(batches)
-    bar = tqdm(
-        total=(epochs - start_epoch) * steps_per_epoch,
-        desc="training",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    kw_step = {"num_data": num_data} if pass_num_data else {}
+        restore_training(state, ckpt_path, vae, opt, sched)
+        restore_rng(state, gen)
+        run.resume(state, epochs)
+    run.open(tensorboard)
+    bar = tqdm(total=max(0, epochs - run.start_epoch) * len(batches), desc="training", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    meter = EpochMeter()
     try:
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(run.start_epoch, epochs):
             if vae is not None:
                 vae.train()
-            t0 = time.perf_counter()
-            sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "grad_norm": 0.0}
-            seen = 0
+            meter.start()
             for _, xb in batches:
-                info = train_step(loss_fn, params, opt, (xb,), kw_step, num_data, grad_clip, terms, log_grad_norm)
-                b = xb.shape[0]
-                seen += b
-                for k in sums:
-                    sums[k] += getattr(info, k) * (b if k != "grad_norm" else 1)
+                t0 = time.perf_counter()
+                info = train_step(loss_fn, params, opt, (xb,), kw, num_data, grad_clip, terms, log_grad_norm)
+                seconds = time.perf_counter() - t0
+                meter.add(info, xb.shape[0])
                 bar.update()
-            seconds = time.perf_counter() - t0
-            row: dict[str, float] = {
-                "epoch": epoch + 1,
-                "train_loss": sums["loss"] / seen,
-                "train_elbo": -sums["loss"] / seen,
-                "reconstruction": sums["reconstruction"] / seen,
-                "kl": sums["kl"] / seen,
-                "grad_norm": sums["grad_norm"] / steps_per_epoch,
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": seconds,
-                "items_per_s": seen / seconds if seconds > 0 else math.nan,
-            }
-            if not history.kl_sites and getattr(objective, "kl_sites", None):
-                history.kl_sites = dict(objective.kl_sites)
-            improved = False
+                if on_step is not None:
+                    on_step(info, seconds)
+            row = meter.row(epoch + 1, opt.param_groups[0]["lr"])
             if val is not None:
                 if vae is not None:
                     vae.eval()
-                row["val_elbo"] = evaluate_bound(model_fn, guide_fn, val, pass_num_data=pass_num_data)
-                if row["val_elbo"] > history.best_val:
-                    history.best_val, history.best_epoch, improved = row["val_elbo"], epoch + 1, True
-                    epochs_since_best = 0
-                    if vae is not None and restore_best:
-                        best_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-                else:
-                    epochs_since_best += 1
-            if sched is not None:
-                if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    sched.step(row.get("val_elbo", row["train_elbo"]))
-                else:
-                    sched.step()
-            history.epochs.append(row)
-            stop = patience is not None and epochs_since_best >= patience
-            history.stopped_early = stop
-            bar.set_postfix(
-                epoch=f"{epoch + 1}/{epochs}",
-                loss=f"{row['train_loss']:.2f}",
-                val_elbo=f"{row.get('val_elbo', math.nan):.2f}",
-                items_s=f"{row['items_per_s']:.0f}",
-            )
-            if run_path is not None:
-                ckpt = {
-                    "epoch": epoch + 1,
-                    "model": vae.state_dict() if vae is not None else {},
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "rng": {"torch": torch.get_rng_state(), "data": gen.get_state()},
-                    "history": history.epochs,
-                    "best_epoch": history.best_epoch,
-                    "best_val": history.best_val,
-                    "epochs_since_best": epochs_since_best,
-                    "stopped_early": stop,
-                    "kl_sites": history.kl_sites,
-                    "config": config or {},
-                }
-                warmup = find_warmup(objective)
-                if warmup is not None:
-                    ckpt["objective_step"] = int(warmup.step)
-                if improved and vae is not None:
-                    save_checkpoint(run_path / BEST, {"epoch": epoch + 1, "model": vae.state_dict(), "config": config or {}})
-                save_checkpoint(ckpt_path, ckpt)  # type: ignore[arg-type]
-                _write_metrics(run_path, history.epochs)
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-            for cb in callbacks:
-                cb(epoch + 1, row)
+                row[VAL] = evaluate_bound(model_fn, guide_fn, val, **val_kw)
+            stop = run.end_epoch(row, vae, sched)
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{row['train_loss']:.2f}",
+                            val_elbo=f"{row.get(VAL, math.nan):.2f}", items_s=f"{row['items_per_s']:.0f}")
+            run.write(vae, opt, sched, rng_state(gen))
+            run.publish(row)
             if stop:
                 break
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-    if history.stopped_early and restore_best and vae is not None:
-        if best_state is None and run_path is not None and (run_path / BEST).exists():
-            best_state = load_checkpoint(run_path / BEST, map_location=device)["model"]
-        if best_state is not None:
-            vae.load_state_dict(best_state)
+        run.close()
+    run.finish(vae, device)
     if vae is not None:
         vae.eval()
-    return history
+    return run.history
 
 
-__all__ = ["fit", "train_step", "check_fit_inputs", "open_run", "evaluate_bound", "collect_parameters", "make_optimizer", "make_scheduler", "StepInfo", "History"]
+__all__ = ["fit", "train_step", "gradient_norm", "check_fit_inputs", "open_run", "evaluate_bound", "collect_parameters",
+           "make_optimizer", "make_scheduler", "StepInfo", "History", "CHECKPOINT", "BEST", "METRICS"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -53,39 +52,27 @@ from torch import nn
 
 from ..config import SCALING_STRATEGIES
 from ..data import Batches, DataError
-from ..objectives import ELBO, find_warmup
+from ..objectives import ELBO
 from ..vae import VAE
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .fit import (
-    BEST,
-    CHECKPOINT,
-    History,
-    _accepts_num_data,
-    make_optimizer,
-    make_scheduler,
-    _tensorboard,
-    _write_metrics,
+    StepInfo,
     check_fit_inputs,
     collect_parameters,
     evaluate_bound,
-    open_run,
+    fixed_data,
+    gradient_norm,
+    make_optimizer,
+    make_scheduler,
+    non_finite,
+    scales_to_data,
 )
+from .state import VAL, EpochMeter, History, RunState, open_run, rank_seed, restore_rng, restore_training, rng_state
 
 #: precisions offered: full, and automatic mixed precision (bf16 on CPUs and recent GPUs, fp16 on GPUs)
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
 #: strategies offered: data parallel ones (each process holds all parameters, as checkpoints expect)
 STRATEGIES = SCALING_STRATEGIES
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-
-
-def rank_seed(seed: int, rank: int, start_epoch: int = 0) -> int:
-    """The torch seed of process ``rank`` in a run starting at ``start_epoch`` (0: a fresh run).
-
-    A fresh run gives process r the seed ``seed + r``. A resumed run restores each process's saved
-    generator when the checkpoint came from as many processes; otherwise rank 0 continues the
-    checkpoint's generator and every other rank gets this seed, distinct per epoch and rank.
-    """
-    return seed + rank if start_epoch == 0 else seed + rank + 1_000_003 * start_epoch
 
 
 def process_rank(devices: int = 1) -> int:
@@ -200,12 +187,14 @@ class VAELightningModule(L.LightningModule):
     ``nn.Module`` s (a :class:`~pyro_vae.VAE`, or ``PyroModule`` s with
     ``pyro.settings.set(module_local_params=True)``): DDP synchronizes module parameters only.
 
-    Per epoch the module reduces the training metrics over all processes and appends one row to
-    :attr:`history` — the same keys as :func:`~pyro_vae.fit`: ``train_loss``, ``train_elbo``,
-    ``reconstruction``, ``kl``, ``grad_norm``, ``lr``, ``seconds``, ``items_per_s`` and, with
-    ``val``, ``val_elbo`` (evaluated in float32 even under mixed precision, sharded over the
-    processes). It also steps the learning-rate schedule and stops early after ``patience``
-    epochs without validation gain. :func:`fit_distributed` adds run directories and resuming.
+    The bookkeeping is :func:`~pyro_vae.fit`'s own (:class:`~pyro_vae.train.state.RunState`,
+    :attr:`run`): per epoch the module reduces the training metrics over all processes and
+    appends one row to :attr:`history` — ``train_loss``, ``train_elbo``, ``reconstruction``,
+    ``kl``, ``grad_norm`` (when clipping or ``log_grad_norm``), ``lr``, ``seconds``,
+    ``items_per_s`` and, with ``val``, ``val_elbo`` (the ELBO, or ``val_objective``; evaluated in
+    float32 even under mixed precision, sharded over the processes). It also steps the
+    learning-rate schedule and stops early after ``patience`` epochs without validation gain.
+    :func:`fit_distributed` adds run directories and resuming.
 
     Works with your own ``Trainer`` and data: :class:`ShardedData`, or a ``DataLoader`` (with
     Lightning's ``DistributedSampler``) whose batches are tensors ``x`` or tuples whose first item
@@ -225,9 +214,6 @@ class VAELightningModule(L.LightningModule):
         2
     """
 
-    #: report the mean gradient norm per epoch even without clipping (as ``fit(log_grad_norm=)``)
-    log_grad_norm: bool = False
-
     def __init__(
         self,
         model: VAE | Callable,
@@ -244,6 +230,9 @@ class VAELightningModule(L.LightningModule):
         val: torch.Tensor | None = None,
         patience: int | None = None,
         restore_best: bool = True,
+        log_grad_norm: bool = False,
+        val_objective: pyro.infer.ELBO | None = None,
+        val_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, VAE):
@@ -266,28 +255,29 @@ class VAELightningModule(L.LightningModule):
         self.elbo = objective(model_fn, guide_fn)  # pyro.infer.ELBOModule: forward = differentiable_loss
         self.model_fn, self.guide_fn = model_fn, guide_fn
         self.num_data = int(num_data)
-        self.pass_num_data = _accepts_num_data(model_fn) and _accepts_num_data(guide_fn)
+        self.pass_num_data = scales_to_data(model_fn, guide_fn, stacklevel=4)
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.lr_schedule, self.epochs, self.grad_clip = lr_schedule, epochs, grad_clip
-        self.val, self.patience, self.restore_best = val, patience, restore_best
-        self.history = History()
-        self.epoch_offset = 0  # epochs completed before this fit (resuming)
-        self.epochs_since_best = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.improved = False
+        #: report the mean gradient norm per epoch even without clipping (as ``fit(log_grad_norm=)``)
+        self.log_grad_norm = log_grad_norm
+        self.val, self.val_objective, self.val_batch_size = val, val_objective, val_batch_size or 500
+        #: history, early stopping and (under :func:`fit_distributed`) the run directory
+        self.run = RunState(objective, patience=patience, restore_best=restore_best)
+        self.meter = EpochMeter()
         self.check_finite = True
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
-        self._sums = torch.zeros(4, dtype=torch.float64)  # Σ loss·b, Σ rec·b, Σ kl·b, Σ b
-        self._grad_norm_sum = 0.0
-        self._steps = 0
-        self._t0 = 0.0
         self._warnings: Any = None
 
     @property
     def vae(self) -> VAE | None:
         """The :class:`~pyro_vae.VAE` trained, if one was given (its ``state_dict`` is what checkpoints hold)."""
         return self.programs[0] if self._is_vae else None  # type: ignore[return-value]
+
+    @property
+    def history(self) -> History:
+        """The run's :class:`~pyro_vae.train.History` (``self.run.history``)."""
+        return self.run.history
 
     # -- set-up in each process ----------------------------------------------------------------
     def setup(self, stage: str) -> None:  # noqa: D102
@@ -298,6 +288,7 @@ class VAELightningModule(L.LightningModule):
         _ignore_known_lightning_warnings()
 
     def teardown(self, stage: str) -> None:  # noqa: D102
+        self.run.close()
         if self._warnings is not None:
             self._warnings.__exit__(None, None, None)
             self._warnings = None
@@ -313,7 +304,7 @@ class VAELightningModule(L.LightningModule):
             raise ValueError("the model and guide have no trainable parameters in nn.Modules")
         self.optimizer = make_optimizer(self.optimizer_name, params, self.lr, self.weight_decay)
         self.scheduler = make_scheduler(self.lr_schedule, self.optimizer, self.epochs)
-        return self.optimizer  # the schedule is stepped per epoch by this module, as in fit
+        return self.optimizer  # the schedule is stepped per epoch by the run state, as in fit
 
     # -- one step -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,107 +315,83 @@ class VAELightningModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # noqa: D102
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         loss = self(x)
-        b = x.shape[0]
+        value = float(loss.detach())
+        if self.check_finite and not math.isfinite(value):  # (under 16-mixed the loss scaler skips the step)
+            raise non_finite("loss", value)
         t = getattr(self.objective, "last_terms", None)
-        nan = torch.tensor(math.nan, dtype=torch.float64)
-        rec = t.reconstruction.detach().double().cpu() if t is not None else nan
-        kl = t.kl.detach().double().cpu() if t is not None else nan
-        step = torch.stack([loss.detach().double().cpu() / self.num_data, rec, kl, torch.tensor(1.0, dtype=torch.float64)])
-        self._sums += step * b
+        rec, kl = (float(t.reconstruction), float(t.kl)) if t is not None else (math.nan, math.nan)
+        # the gradient norm is counted in on_before_optimizer_step, once gradients are synchronized
+        self.meter.add(StepInfo(value / self.num_data, rec, kl, math.nan), x.shape[0])
         if batch_idx % 10 == 0:  # the running epoch mean in the progress bar (self.log costs ~1 ms a call)
-            self.log("loss", float(self._sums[0] / self._sums[3]), prog_bar=True, on_step=True, on_epoch=False,
-                     batch_size=b)
+            self.log("loss", self.meter.mean_loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:  # noqa: D102
         # gradients are already averaged over the processes (and unscaled under 16-mixed)
-        max_norm = self.grad_clip if self.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm))
-        if self.check_finite and not math.isfinite(grad_norm):
+        if self.grad_clip is None and not self.log_grad_norm:
+            return  # no norm: it costs a few % per step (gradient_norm)
+        norm = gradient_norm(self.trainable_parameters(), self.grad_clip, self.log_grad_norm)
+        if self.check_finite and not math.isfinite(norm):
             # the same on every process (gradients are synchronized), so every process stops together
-            raise FloatingPointError(
-                f"training gradient became {grad_norm}; lower the learning rate (--lr), enable gradient clipping "
-                "(--grad-clip 10), or check the data for extreme values. The last checkpoint is intact."
-            )
-        if math.isfinite(grad_norm):  # (under 16-mixed a non-finite step is skipped by the loss scaler)
-            self._grad_norm_sum += grad_norm
-            self._steps += 1
+            raise non_finite("gradient", norm)
+        if math.isfinite(norm):  # (under 16-mixed a non-finite step is skipped by the loss scaler)
+            self.meter.add_grad_norm(norm)
 
     # -- one epoch ----------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:  # noqa: D102
-        self._sums.zero_()
-        self._grad_norm_sum, self._steps = 0.0, 0
-        self._t0 = time.perf_counter()
+        self.meter.start()
 
-    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+    def _reduce_sum(self, sums: list[float]) -> list[float]:
         if self.trainer.world_size == 1:
-            return t
-        return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").to("cpu", torch.float64)
+            return sums
+        t = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op="sum").cpu().tolist()
 
     @torch.no_grad()
     def validation_elbo(self, val: torch.Tensor) -> float:
-        """The ELBO per datapoint on ``val``, in float32, shared over the processes."""
+        """The validation bound per datapoint on ``val``, in float32, shared over the processes."""
         world, rank = self.trainer.world_size if self._trainer is not None else 1, self.global_rank
         shard = torch.tensor_split(val, world)[rank] if world > 1 else val
-        total = torch.zeros(2, dtype=torch.float64)
+        total = [0.0, 0.0]
         if shard.shape[0] > 0:
             with full_precision(self.device.type):
-                bound = evaluate_bound(self.model_fn, self.guide_fn, shard.to(self.device), pass_num_data=self.pass_num_data)
-            total += torch.tensor([bound * shard.shape[0], float(shard.shape[0])], dtype=torch.float64)
+                bound = evaluate_bound(self.model_fn, self.guide_fn, shard.to(self.device), objective=self.val_objective,
+                                       batch_size=self.val_batch_size, pass_num_data=self.pass_num_data)
+            total = [bound * shard.shape[0], float(shard.shape[0])]
         if self._trainer is not None:
             total = self._reduce_sum(total)
-        return float(total[0] / total[1])
+        return total[0] / total[1]
 
     def on_train_epoch_end(self) -> None:  # noqa: D102
-        seconds = time.perf_counter() - self._t0
-        sums = self._reduce_sum(self._sums.clone())
-        seen = float(sums[3])
-        steps = max(self._steps, 1)
-        row: dict[str, float] = {
-            "epoch": self.epoch_offset + self.current_epoch + 1,
-            "train_loss": float(sums[0]) / seen,
-            "train_elbo": -float(sums[0]) / seen,
-            "reconstruction": float(sums[1]) / seen,
-            "kl": float(sums[2]) / seen,
-            # like fit: reported when clipping or asked for (log_grad_norm), else nan
-            "grad_norm": self._grad_norm_sum / steps if (self.grad_clip is not None or self.log_grad_norm) else math.nan,
-            "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan,
-            "seconds": seconds,
-            "items_per_s": seen / seconds if seconds > 0 else math.nan,
-        }
-        history = self.history
-        if not history.kl_sites and getattr(self.objective, "kl_sites", None):
-            history.kl_sites = dict(self.objective.kl_sites)
-        self.improved = False
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan
+        row = self.meter.row(self.run.start_epoch + self.current_epoch + 1, lr, reduce=self._reduce_sum)
         if self.val is not None:
             was_training = self.training
             self.eval()
-            row["val_elbo"] = self.validation_elbo(self.val)
+            row[VAL] = self.validation_elbo(self.val)
             self.train(was_training)
-            if row["val_elbo"] > history.best_val:
-                history.best_val, history.best_epoch, self.improved = row["val_elbo"], int(row["epoch"]), True
-                self.epochs_since_best = 0
-                if self.vae is not None and self.restore_best:
-                    self.best_state = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
-            else:
-                self.epochs_since_best += 1
-        if self.scheduler is not None:
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step(row.get("val_elbo", row["train_elbo"]))
-            else:
-                self.scheduler.step()
-        history.epochs.append(row)
-        stop = self.patience is not None and self.epochs_since_best >= self.patience
-        history.stopped_early = stop
-        if stop:
+        if self.run.end_epoch(row, self.vae, self.scheduler):
             self.trainer.should_stop = True
-        bar = {"val_elbo": row.get("val_elbo", math.nan), "items_s": row["items_per_s"]}
+        if self.run.run_dir is not None:  # (fit_distributed) every process's generator, then rank 0 writes
+            ranks = self._gather_rng_states()
+            if self.trainer.is_global_zero:
+                self.run.write(self.vae, self.optimizer, self.scheduler, rng_state(self.trainer.datamodule.generator, ranks))
+        self.run.publish(row)
+        bar = {"val_elbo": row.get(VAL, math.nan), "items_s": row["items_per_s"]}
         for k, v in bar.items():
             self.log(k, float(v), prog_bar=True, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1)
 
+    def _gather_rng_states(self) -> list[torch.Tensor]:
+        mine = torch.get_rng_state()
+        if self.trainer.world_size == 1:
+            return [mine]
+        mine = mine.to(self.device)  # NCCL gathers device tensors
+        gathered = [torch.empty_like(mine) for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather(gathered, mine)
+        return [g.cpu() for g in gathered]
+
     def on_train_end(self) -> None:  # noqa: D102
-        if self.history.stopped_early and self.restore_best and self.vae is not None and self.best_state is not None:
-            self.vae.load_state_dict(self.best_state)
+        self.run.finish(self.vae, self.device)
 
     # -- what travels back from spawned processes with the weights ----------------------------
     def get_extra_state(self) -> dict[str, Any]:  # noqa: D102
@@ -433,144 +400,33 @@ class VAELightningModule(L.LightningModule):
                 "stopped_early": h.stopped_early, "kl_sites": dict(h.kl_sites)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:  # noqa: D102
-        self.history = History(
+        self.run.history = History(
             epochs=[dict(r) for r in state["history"]], best_epoch=state["best_epoch"],
             best_val=float(state["best_val"]), stopped_early=bool(state["stopped_early"]),
             kl_sites=dict(state["kl_sites"]),
         )
 
 
-# -- run bookkeeping ------------------------------------------------------------------------------
 class _RunCallback(L.Callback):
-    """Seeds each process, resumes, and writes the run directory exactly as ``fit`` does (rank 0)."""
+    """What ``fit`` does before its first step, in each process: seed, find the parameters, resume."""
 
-    def __init__(
-        self,
-        *,
-        seed: int,
-        first: torch.Tensor,
-        state: dict[str, Any] | None,
-        run_dir: Path | None,
-        config: dict[str, Any] | None,
-        tensorboard: bool,
-        callbacks: Iterable[Callable[[int, dict[str, float]], None]],
-    ) -> None:
-        self.seed, self.first, self.state = seed, first, state
-        self.run_dir, self.config, self.tensorboard = run_dir, config, tensorboard
-        self.callbacks = list(callbacks)
-        self.writer: Any = None
+    def __init__(self, *, seed: int, first: torch.Tensor, state: dict[str, Any] | None, tensorboard: bool) -> None:
+        self.seed, self.first, self.state, self.tensorboard = seed, first, state, tensorboard
 
     def setup(self, trainer: L.Trainer, pl_module: VAELightningModule, stage: str) -> None:  # noqa: D102
-        # what fit does before training: seed, then trace the program once to find its parameters
-        # (which draws random numbers: rank 0 of a fresh run thus draws what fit draws)
+        # tracing the program once draws random numbers: rank 0 of a fresh run thus draws what fit draws
         pyro.set_rng_seed(self.seed + trainer.global_rank)
         kw = {"num_data": pl_module.num_data} if pl_module.pass_num_data else {}
         collect_parameters(pl_module.model_fn, pl_module.guide_fn, (self.first,), kw)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: VAELightningModule) -> None:  # noqa: D102
-        state = self.state
-        rank, world = trainer.global_rank, trainer.world_size
-        if state is not None:
-            assert pl_module.optimizer is not None
-            pl_module.optimizer.load_state_dict(state["optimizer"])
-            if pl_module.scheduler is not None and state.get("scheduler") is not None:
-                pl_module.scheduler.load_state_dict(state["scheduler"])
-            start = int(state["epoch"])
-            ranks = state["rng"].get("torch_ranks")
-            if ranks is not None and len(ranks) == world:
-                torch.set_rng_state(ranks[rank])
-            elif rank == 0:
-                torch.set_rng_state(state["rng"]["torch"])
-            else:
-                torch.manual_seed(rank_seed(self.seed, rank, start))
-            trainer.datamodule.generator.set_state(state["rng"]["data"])
-            h = pl_module.history
-            h.epochs = [dict(r) for r in state["history"]]
-            h.best_epoch = state.get("best_epoch")
-            h.best_val = float(state.get("best_val", -math.inf))
-            h.kl_sites = dict(state.get("kl_sites", {}))
-            pl_module.epochs_since_best = int(state.get("epochs_since_best", 0))
-            pl_module.epoch_offset = start
-            warmup = find_warmup(pl_module.objective)
-            if warmup is not None and "objective_step" in state:
-                warmup.set_step(int(state["objective_step"]))
-        if trainer.is_global_zero and self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = _tensorboard(self.run_dir, self.tensorboard)
-
-    def after_epoch(self, trainer: L.Trainer, pl_module: VAELightningModule) -> None:
-        """Checkpoint, metrics, TensorBoard and user callbacks for the row the module just appended."""
-        h = pl_module.history
-        row = h.epochs[-1]
-        epoch = int(row["epoch"])
-        if self.run_dir is not None:
-            rng_states = self._gather_rng_states(trainer, pl_module)
-            if trainer.is_global_zero:
-                vae = pl_module.vae
-                ckpt = {
-                    "epoch": epoch,
-                    "model": vae.state_dict() if vae is not None else {},
-                    "optimizer": pl_module.optimizer.state_dict(),
-                    "scheduler": pl_module.scheduler.state_dict() if pl_module.scheduler is not None else None,
-                    "rng": {"torch": torch.get_rng_state(), "data": trainer.datamodule.generator.get_state(),
-                            "torch_ranks": rng_states},
-                    "history": h.epochs,
-                    "best_epoch": h.best_epoch,
-                    "best_val": h.best_val,
-                    "epochs_since_best": pl_module.epochs_since_best,
-                    "stopped_early": h.stopped_early,
-                    "kl_sites": h.kl_sites,
-                    "config": self.config or {},
-                }
-                warmup = find_warmup(pl_module.objective)
-                if warmup is not None:
-                    ckpt["objective_step"] = int(warmup.step)
-                if pl_module.improved and vae is not None:
-                    save_checkpoint(self.run_dir / BEST, {"epoch": epoch, "model": vae.state_dict(), "config": self.config or {}})
-                save_checkpoint(self.run_dir / CHECKPOINT, ckpt)
-                _write_metrics(self.run_dir, h.epochs)
-        if self.writer is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    self.writer.add_scalar(k, v, epoch)
-        for cb in self.callbacks:
-            cb(epoch, row)
-
-    @staticmethod
-    def _gather_rng_states(trainer: L.Trainer, pl_module: VAELightningModule) -> list[torch.Tensor]:
-        mine = torch.get_rng_state()
-        if trainer.world_size == 1:
-            return [mine]
-        mine = mine.to(pl_module.device)  # NCCL gathers device tensors
-        gathered = [torch.empty_like(mine) for _ in range(trainer.world_size)]
-        torch.distributed.all_gather(gathered, mine)
-        return [g.cpu() for g in gathered]
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: VAELightningModule) -> None:  # noqa: D102
-        # early stopping restores the best weights; when they are not in memory (the best epoch came
-        # before a resume) they come from best.pt, as in fit (the module's own hook runs after this one)
-        h, vae = pl_module.history, pl_module.vae
-        if (h.stopped_early and pl_module.restore_best and vae is not None and pl_module.best_state is None
-                and self.run_dir is not None and (self.run_dir / BEST).exists()):
-            pl_module.best_state = load_checkpoint(self.run_dir / BEST, map_location=pl_module.device)["model"]
-
-    def teardown(self, trainer: L.Trainer, pl_module: VAELightningModule, stage: str) -> None:  # noqa: D102
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-class _FitModule(VAELightningModule):
-    """The module :func:`fit_distributed` trains: hands each epoch's row to the run callback.
-
-    (A callback's ``on_train_epoch_end`` runs before the module's, which computes the row.)
-    """
-
-    def on_train_epoch_end(self) -> None:  # noqa: D102
-        super().on_train_epoch_end()
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, _RunCallback):
-                cb.after_epoch(self.trainer, self)
+        if self.state is not None:  # (the weights were loaded, and the checkpoint checked, before launching)
+            restore_training(self.state, None, None, pl_module.optimizer, pl_module.scheduler)
+            restore_rng(self.state, trainer.datamodule.generator, seed=self.seed, rank=trainer.global_rank,
+                        world=trainer.world_size)
+            pl_module.run.resume(self.state, pl_module.epochs)
+        if trainer.is_global_zero:
+            pl_module.run.open(self.tensorboard)
 
 
 def _process_group_exists() -> bool:
@@ -633,6 +489,8 @@ def fit_distributed(
     log_grad_norm: bool = False,
     callbacks: Iterable[Callable[[int, dict[str, float]], None]] = (),
     trainer_options: dict[str, Any] | None = None,
+    val_objective: pyro.infer.ELBO | None = None,
+    val_batch_size: int | None = None,
 ) -> History:
     """:func:`~pyro_vae.fit` on Lightning: one process, several devices, several nodes.
 
@@ -656,6 +514,8 @@ def fit_distributed(
             strategy they must be picklable: module-level functions, not lambdas).
         trainer_options: more ``lightning.Trainer`` arguments (plugins, callbacks, profiler, ...);
             they override the ones set here.
+        val_objective: the validation bound, as in :func:`~pyro_vae.fit`.
+        val_batch_size: the validation minibatch size, as in :func:`~pyro_vae.fit`.
 
     What a resumed run guarantees: weights, optimizer moments, schedule, epoch count, history,
     best/early-stopping state, KL warm-up step and the data generator continue from the
@@ -679,33 +539,23 @@ def fit_distributed(
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"accelerator={accelerator!r} requested but CUDA is not available; use accelerator='cpu'")
     vae = check_fit_inputs("fit_distributed", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
-                           grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization)
+                           grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization,
+                           val_batch_size=val_batch_size)
     run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
     num_data = int(train.shape[0])
     processes = devices * num_nodes
     if num_data < processes:
         raise DataError(f"{num_data} training rows cannot be shared by {processes} processes")
 
-    module_kw = dict(
-        guide=guide, num_data=num_data, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        lr_schedule=lr_schedule, epochs=epochs, grad_clip=grad_clip, patience=patience, restore_best=restore_best,
+    first, val = fixed_data(train, val, batch_size, dynamic_binarization, seed)
+    module = VAELightningModule(
+        model, objective, guide=guide, num_data=num_data, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        lr_schedule=lr_schedule, epochs=epochs, grad_clip=grad_clip, val=val, patience=patience,
+        restore_best=restore_best, log_grad_norm=log_grad_norm, val_objective=val_objective,
+        val_batch_size=val_batch_size,
     )
-    first = train[: min(batch_size, num_data)]
-    if dynamic_binarization:
-        first = (first > 0.5).to(first.dtype)
-    if val is not None and dynamic_binarization:  # binarized once, as fit does
-        val = torch.bernoulli(val.cpu(), generator=torch.Generator().manual_seed(seed + 1))
-    run = _RunCallback(seed=seed, first=first, state=state, run_dir=run_path, config=config,
-                       tensorboard=tensorboard, callbacks=callbacks)
-    module = _FitModule(model, objective, val=val, **module_kw)
-    module.log_grad_norm = log_grad_norm
-    if not module.pass_num_data:
-        warnings.warn(
-            "model/guide do not take a num_data keyword, so minibatch bounds are not scaled to the data set; "
-            "declare `pyro.plate('data', size=num_data, subsample=...)` and accept num_data",
-            UserWarning,
-            stacklevel=2,
-        )
+    run = module.run
+    run.run_dir, run.config, run.callbacks = run_path, config or {}, list(callbacks)
     with torch.random.fork_rng():  # find every trainable tensor, without touching the caller's generator
         kw = {"num_data": num_data} if module.pass_num_data else {}
         traced = collect_parameters(module.model_fn, module.guide_fn, (first,), kw)
@@ -719,44 +569,29 @@ def fit_distributed(
         )
     start_epoch = 0
     if state is not None:
-        # check the checkpoint against this model before any process starts
-        try:
-            if vae is not None:
-                vae.load_state_dict(state["model"])
-            with torch.random.fork_rng():
-                probe_opt = make_optimizer(optimizer, module.trainable_parameters(), lr, weight_decay)
-                probe_opt.load_state_dict(state["optimizer"])
-                probe_sched = make_scheduler(lr_schedule, probe_opt, epochs)
-                if probe_sched is not None and state.get("scheduler") is not None:
-                    probe_sched.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(
-                f"{ckpt_path} does not match this model/optimizer ({str(e).splitlines()[0][:200]}); resume with the "
-                "config the run was started with (its run_dir/config.toml)"
-            ) from e
+        # load the weights and check the checkpoint against this model before any process starts
+        with torch.random.fork_rng():
+            probe_opt = make_optimizer(optimizer, module.trainable_parameters(), lr, weight_decay)
+            restore_training(state, ckpt_path, vae, probe_opt, make_scheduler(lr_schedule, probe_opt, epochs))
         start_epoch = epochs if state.get("stopped_early") else int(state["epoch"])
 
     if start_epoch >= epochs:  # nothing left to train: report the stored run, as fit does
         assert state is not None
-        history = History(
-            epochs=[dict(r) for r in state["history"]], best_epoch=state.get("best_epoch"),
-            best_val=float(state.get("best_val", -math.inf)), stopped_early=bool(state.get("stopped_early")),
-            kl_sites=dict(state.get("kl_sites", {})),
-        )
-        if history.stopped_early and restore_best and vae is not None and run_path is not None and (run_path / BEST).exists():
-            vae.load_state_dict(load_checkpoint(run_path / BEST)["model"])
+        run.resume(state, epochs)
+        run.finish(vae)
     else:
         data = ShardedData(train, batch_size, seed=seed, dynamic_binarization=dynamic_binarization)
+        prepare = _RunCallback(seed=seed, first=first, state=state, tensorboard=tensorboard)
         steps = math.ceil(num_data / (batch_size * processes))
         options: dict[str, Any] = dict(
             accelerator="gpu" if accelerator == "cuda" else accelerator, devices=devices, strategy=strategy,
             num_nodes=num_nodes, precision=precision, max_epochs=epochs - start_epoch, logger=False,
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
             num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, steps)), use_distributed_sampler=False,
-            callbacks=[run], default_root_dir=str(run_path) if run_path is not None else None,
+            default_root_dir=str(run_path) if run_path is not None else None,
         )
         extra = dict(trainer_options or {})
-        options["callbacks"] = [*extra.pop("callbacks", []), run]
+        options["callbacks"] = [*extra.pop("callbacks", []), prepare]
         options.update(extra)
         module.check_finite = precision != "16-mixed"  # under fp16 AMP an overflow only skips the step
         if vae is not None:
@@ -769,10 +604,9 @@ def fit_distributed(
             # the group this run created ends with it: a process that exits with a live gloo/NCCL group can
             # abort ("terminate called without an active exception") while the others still evaluate
             torch.distributed.destroy_process_group()
-        history = module.history
     if vae is not None:
         vae.eval()
-    return history
+    return module.history
 
 
 __all__ = [
