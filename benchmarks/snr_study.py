@@ -1,6 +1,6 @@
 """How the encoder gradient SNR of standard IWAE and DReG depends on how it is measured.
 
-The objectives harness (:func:`pyro_vae.compare`) reports one number per estimator and K: the
+The objectives harness (:func:`pyro_vae.compare_objectives`) reports one number per estimator and K: the
 mean over encoder parameter elements of |E g| / std g over ``R`` gradients on one fixed training
 minibatch, at one trained model. Whether DReG's SNR is "at least twice" the standard
 estimator's then depends on choices that number hides. This study varies them one at a time on
@@ -43,10 +43,10 @@ import pyro
 import torch
 
 from pyro_vae.build import build_objective, build_vae
-from pyro_vae.cli.run import load_data
-from pyro_vae.comparison import GradientMoments, gradient_moments
 from pyro_vae.config import Config
+from pyro_vae.diagnostics import GradientMoments, gradient_moments
 from pyro_vae.objectives import IWAE
+from pyro_vae.runs import load_data
 from pyro_vae.train import fit
 
 ESTIMATORS = ("standard", "dreg")

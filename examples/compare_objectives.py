@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pyro_vae.comparison import ComparisonResult, compare
+from pyro_vae.experiments import ComparisonResult, compare_objectives
 
 #: label -> config overrides (``objective`` defaults to the label; K = --num-particles unless set)
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> ComparisonResult:
         base["hidden"] = [args.hidden]
     if args.latent_dim is not None:
         base["latent_dim"] = args.latent_dim
-    result = compare(
+    result = compare_objectives(
         chosen, base, num_particles=args.num_particles, eval_samples=args.eval_samples,
         khat_samples=args.khat_samples, snr_repeats=args.snr_repeats,
         snr_ks=tuple(int(k) for k in args.snr_ks.split(",") if k), snr_at="iwae" if "iwae" in chosen else None,

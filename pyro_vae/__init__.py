@@ -5,12 +5,17 @@ declares the amortized encoder q_φ(z|x). Priors, encoders, decoders and objecti
 modules that swap in one line; evaluation works on any model/guide pair with a data plate.
 """
 
-from . import data, decoders, diagnostics, encoders, nn, objectives, priors
+from . import data, decoders, diagnostics, distributions, encoders, experiments, nn, objectives, priors, program, runs
+from ._kernels import settings
 from .evaluation import LogLikelihood, bits_per_dim, log_likelihood
-from .comparison import compare
 from .diagnostics import to_inference_data
+from .experiments import compare_objectives
+from .runs import load_run
 from .train import History, fit
 from .vae import VAE
+
+#: the former name of :func:`compare_objectives` (the same function)
+compare = compare_objectives
 
 __version__ = "0.1.0"
 
@@ -29,7 +34,11 @@ __all__ = [
     "to_inference_data",
     "decoders",
     "encoders",
+    "experiments",
     "nn",
+    "distributions",
+    "program",
+    "settings",
     "objectives",
     "priors",
     "log_likelihood",
@@ -37,7 +46,10 @@ __all__ = [
     "LogLikelihood",
     "fit",
     "fit_distributed",
+    "compare_objectives",
     "compare",
+    "load_run",
+    "runs",
     "History",
     "__version__",
 ]

@@ -19,6 +19,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from . import registry
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type, or an invalid value."""
@@ -80,8 +82,6 @@ class Config:
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> "Config":
         """Check value ranges and choices; raise :class:`ConfigError` naming the key and the fix."""
-        from . import build  # late import: build imports the component registries
-
         def choice(key: str, options: typing.Iterable[str]) -> None:
             options = list(options)
             if getattr(self, key) not in options:
@@ -93,10 +93,10 @@ class Config:
         choice("pixel_scale", PIXEL_SCALES)
         choice("binarize", BINARIZE_MODES)
         choice("network", ("mlp", "conv"))
-        choice("encoder", build.ENCODERS)
-        choice("decoder", build.DECODERS)
-        choice("prior", build.PRIORS)
-        choice("objective", build.OBJECTIVES)
+        choice("encoder", registry.ENCODERS)
+        choice("decoder", registry.DECODERS)
+        choice("prior", registry.PRIORS)
+        choice("objective", registry.OBJECTIVES)
         choice("optimizer", ("adam", "adamw", "sgd"))
         choice("lr_schedule", ("none", "cosine", "step", "plateau"))
         positive = ("latent_dim", "encoder_rank", "num_flows", "prior_components", "num_particles", "num_outer", "epochs",

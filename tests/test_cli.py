@@ -73,9 +73,41 @@ def test_bad_config_is_refused_before_anything_is_written(tmp_path, capsys):
     assert not run.exists()
 
 
+def test_a_trained_run_loads_back_in_python(tmp_path):
+    """pv.load_run gives the trained VAE; pv.runs.Run.load (and the CLI's load_run) config, data and VAE."""
+    import torch
+
+    import pyro_vae as pv
+    from pyro_vae.runs import eval_data
+
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY, "--no-figures"]) == 0
+    vae = pv.load_run(run)
+    assert isinstance(vae, pv.VAE) and not vae.training
+    stored = torch.load(run / "model.pt", weights_only=True)["model"]
+    for k, v in vae.state_dict().items():
+        torch.testing.assert_close(v, stored[k], rtol=0, atol=0)
+    loaded = pv.runs.Run.load(str(run))
+    config, data, vae2 = loaded  # unpacks like the tuple the CLI has always used
+    assert config.latent_dim == 3 and config.run_dir == str(run) and data.x_dim == 784
+    assert loaded.vae is vae2 and loaded.config is config
+    torch.testing.assert_close(loaded.test, eval_data(data, config))
+    summary = json.loads((run / "summary.json").read_text())
+    torch.manual_seed(config.seed + 7)  # as the run scored its test set
+    ll = pv.log_likelihood(vae.model, vae.guide, loaded.test, num_samples=config.eval_samples,
+                           memory_budget=config.eval_memory_mb * 2**20)
+    assert ll.mean == pytest.approx(summary["test_log_likelihood"], abs=1e-3)
+    c, d, v = load_run(run)  # the CLI helper still returns (config, data, vae)
+    assert c == config and isinstance(v, pv.VAE)
+
+
 def test_evaluate_a_directory_that_is_not_a_run(tmp_path, capsys):
+    import pyro_vae as pv
+
     with pytest.raises(FileNotFoundError):
         load_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a pyro-vae run directory"):
+        pv.load_run(tmp_path)
     corrupt = tmp_path / "r"
     corrupt.mkdir()
     (corrupt / "config.toml").write_text('run_dir = "x"\n')

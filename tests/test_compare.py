@@ -1,4 +1,5 @@
-"""pyro_vae.comparison: the per-objective comparison, its SNR estimator, outputs, CLI and input errors."""
+"""pv.compare_objectives (pyro_vae.experiments): the per-objective comparison, the gradient-SNR estimator
+(pyro_vae.diagnostics.snr), outputs, CLI, input errors, and the pyro_vae.comparison compatibility module."""
 
 import csv
 import importlib
@@ -10,12 +11,14 @@ import torch
 from pyro_vae.build import build_objective, build_vae
 from pyro_vae.cli.compare import main as cli_main
 from pyro_vae.cli.compare import parse_objectives
-from pyro_vae.cli.run import load_data
 from pyro_vae.config import ConfigError, load_config
+from pyro_vae.diagnostics import snr as S
+from pyro_vae.experiments import result as R
+from pyro_vae.runs import eval_data, load_data
 from pyro_vae.train import fit
 
-# the module (``pyro_vae.comparison`` may also name the function once the package exports it)
-C = importlib.import_module("pyro_vae.comparison")
+# the harness module (``pyro_vae.experiments.compare``; the package exports its function, not it)
+C = importlib.import_module("pyro_vae.experiments.compare")
 
 TINY = {"hidden": [16], "latent_dim": 3, "epochs": 1}
 
@@ -37,7 +40,7 @@ def data():
 @pytest.fixture(scope="module")
 def outcome(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    result = C.compare(
+    result = C.compare_objectives(
         ["elbo", "iwae", "dreg"], TINY, num_particles=4, data=data, train_limit=300, eval_samples=10, khat_samples=100,
         val_samples=2, snr_repeats=4, snr_ks=(1, 4), memory=True, memory_steps=2, out_dir=out, progress=False,
     )
@@ -49,8 +52,8 @@ def test_rows_are_complete_and_finite(outcome):
     assert [r["objective"] for r in result.table] == ["elbo", "iwae", "dreg"]
     assert [r["num_particles"] for r in result.table] == [1, 4, 4]  # num_particles skips the ELBO
     for row in result.table:
-        assert set(row) == set(C.COLUMNS)
-        for key in C._NUMERIC:
+        assert set(row) == set(R.COLUMNS)
+        for key in R._NUMERIC:
             assert math.isfinite(float(row[key])), (row["objective"], key, row[key])
         assert row["steps"] == 3  # 300 rows, batch 128
         assert 0 <= row["active_units"] <= 3
@@ -83,11 +86,10 @@ def test_paired_differences(outcome):
 
 
 def test_khat_columns_agree_with_a_fresh_importance_diagnosis(outcome, data):
-    from pyro_vae.cli.run import _eval_data
     from pyro_vae.diagnostics import importance_diagnostics
 
     result, _ = outcome
-    test = _eval_data(data, load_config(None, TINY))
+    test = eval_data(data, load_config(None, TINY))
     torch.manual_seed(123)  # other draws than compare's: the medians agree up to Monte Carlo error
     for row in result.table:
         khat = importance_diagnostics(result.models[row["objective"]], test, num_samples=100).khat
@@ -98,15 +100,12 @@ def test_khat_columns_agree_with_a_fresh_importance_diagnosis(outcome, data):
 
 
 def test_active_units_match_direct_count(outcome, data):
-    from pyro_vae.cli.run import _eval_data
-
     result, _ = outcome
-    test = _eval_data(data, load_config(None, TINY))
+    test = eval_data(data, load_config(None, TINY))
     for row in result.table:
         vae = result.models[row["objective"]]
         means = vae.encode(test).double()
         assert row["active_units"] == int((means.var(0) > C.ACTIVE_UNIT_THRESHOLD).sum())
-        assert row["active_units"] == C._active_units(vae, test)
     assert "latent_diagnostics" in result.settings["active_units"]
     # a non-degenerate case: sharpen the encoder so its means move with x, then freeze them
     vae = build_vae(load_config(None, TINY), data.x_dim)
@@ -115,10 +114,10 @@ def test_active_units_match_direct_count(outcome, data):
         last.weight.mul_(30.0)
     means = vae.encode(test).double()
     expected = int((means.var(0) > C.ACTIVE_UNIT_THRESHOLD).sum())
-    assert expected > 0 and C.active_units(vae, test)[0] == expected
+    assert expected > 0 and C._active_units(vae, test) == expected
     with torch.no_grad():
         last.weight.zero_()
-    assert C.active_units(vae, test)[0] == 0
+    assert C._active_units(vae, test) == 0
 
 
 def test_snr_against_k(outcome):
@@ -145,9 +144,9 @@ def test_outputs_written(outcome):
     with open(out / "table.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["objective"] for r in rows] == ["elbo", "iwae", "dreg"]
-    assert list(rows[0]) == list(C.COLUMNS)
+    assert list(rows[0]) == list(R.COLUMNS)
     assert float(rows[1]["test_log_likelihood"]) == pytest.approx(result.table[1]["test_log_likelihood"])
-    again = C.ComparisonResult.from_json(out / "result.json")
+    again = R.ComparisonResult.from_json(out / "result.json")
     assert again.log_likelihoods == result.log_likelihoods and again.to_markdown() == md
 
 
@@ -161,7 +160,7 @@ def test_snr_of_known_gradient_distribution():
     def loss():
         return 0.5 * ((theta - c) ** 2).sum() + (sigma * torch.randn(4, generator=gen) * theta).sum()
 
-    snr = C.gradient_snr(loss, {"theta": [theta]}, repeats=4000)["theta"]
+    snr = S.gradient_snr(loss, {"theta": [theta]}, repeats=4000)["theta"]
     assert snr == pytest.approx(float((c.abs() / sigma).mean()), rel=0.05)  # (1 + 0.5 + 6 + 2) / 4
     assert theta.grad is None  # nothing accumulated or updated
 
@@ -169,23 +168,23 @@ def test_snr_of_known_gradient_distribution():
 def test_moments_match_direct_computation():
     gen = torch.Generator().manual_seed(1)
     samples = [[torch.randn(3, 2, generator=gen) + 1.0, torch.randn(5, generator=gen) * 3] for _ in range(7)]
-    m = C.GradientMoments()
+    m = S.GradientMoments()
     for s in samples:
         m.add(s)
     flat = torch.stack([torch.cat([t.reshape(-1) for t in s]) for s in samples]).double()
     direct = flat.mean(0).abs() / flat.std(0, unbiased=True)
     torch.testing.assert_close(m.snr(), direct, rtol=1e-10, atol=0)
-    assert C.summarize_snr(m.snr()) == pytest.approx(float(direct.mean()), rel=1e-12)
+    assert S.summarize_snr(m.snr()) == pytest.approx(float(direct.mean()), rel=1e-12)
     # an element that never varies is left out of the mean rather than counted as infinite
-    m2 = C.GradientMoments()
+    m2 = S.GradientMoments()
     for s in samples:
         m2.add([s[0], torch.ones(1)])
-    assert C.summarize_snr(m2.snr()) == pytest.approx(float(direct[:6].mean()), rel=1e-12)
+    assert S.summarize_snr(m2.snr()) == pytest.approx(float(direct[:6].mean()), rel=1e-12)
 
 
 def test_training_matches_fit(data):
     """compare's timed loop takes the same steps as fit(val=None) with the same seed."""
-    res = C.compare(["elbo"], TINY, data=data, train_limit=300, eval_samples=2, val_samples=None, snr_repeats=2,
+    res = C.compare_objectives(["elbo"], TINY, data=data, train_limit=300, eval_samples=2, val_samples=None, snr_repeats=2,
                     snr_ks=(), memory=False, progress=False)
     cfg = load_config(None, TINY)
     vae = build_vae(cfg, data.x_dim, data.image_shape, data.train[:300])
@@ -205,9 +204,9 @@ def no_training(monkeypatch):
 
 def test_unknown_objective_lists_valid_ones(no_training):
     with pytest.raises(ConfigError, match="unknown objective 'vae'.*elbo, iwae, iwae_stl, dreg, renyi, miwae"):
-        C.compare(["elbo", "vae"], TINY, progress=False)
+        C.compare_objectives(["elbo", "vae"], TINY, progress=False)
     with pytest.raises(ConfigError, match="unknown objective 'nope'"):
-        C.compare({"mine": {"objective": "nope"}}, TINY, progress=False)
+        C.compare_objectives({"mine": {"objective": "nope"}}, TINY, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -223,20 +222,20 @@ def test_unknown_objective_lists_valid_ones(no_training):
 )
 def test_bad_options_raise_before_training(no_training, kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        C.compare(["elbo", "iwae"], TINY, progress=False, **kwargs)
+        C.compare_objectives(["elbo", "iwae"], TINY, progress=False, **kwargs)
 
 
 def test_bad_config_and_labels(no_training):
     with pytest.raises(ConfigError, match="objective 'iwae'.*latent_dim"):
-        C.compare({"iwae": {"latent_dim": 0}}, TINY, progress=False)
+        C.compare_objectives({"iwae": {"latent_dim": 0}}, TINY, progress=False)
     with pytest.raises(ConfigError, match="list of names"):
-        C.compare("elbo", TINY, progress=False)
+        C.compare_objectives("elbo", TINY, progress=False)
     with pytest.raises(ConfigError, match="shares seed"):
-        C.compare({"elbo": {}, "iwae": {"seed": 3}}, TINY, progress=False)
+        C.compare_objectives({"elbo": {}, "iwae": {"seed": 3}}, TINY, progress=False)
     with pytest.raises(ConfigError, match="patience = 3 is not supported"):
-        C.compare(["elbo"], {**TINY, "patience": 3}, progress=False)
+        C.compare_objectives(["elbo"], {**TINY, "patience": 3}, progress=False)
     with pytest.raises(ValueError, match="repeats must be an integer >= 2"):
-        C.gradient_snr(lambda: torch.zeros(()), {}, repeats=1)
+        S.gradient_snr(lambda: torch.zeros(()), {}, repeats=1)
 
 
 def test_cli(tmp_path, capsys):
@@ -258,3 +257,27 @@ def test_cli(tmp_path, capsys):
     assert "| iwae-2 | 2 |" in printed
     assert (out / "table.md").exists() and (out / "table.csv").exists() and (out / "loglik_vs_time.png").exists()
     assert not (out / "snr_vs_k.png").exists()
+
+
+def test_old_import_paths_still_work(outcome, data):
+    """pyro_vae.comparison re-exports the moved names: the same objects, old call signatures."""
+    import pyro_vae as pv
+    import pyro_vae.comparison as old
+    from pyro_vae import diagnostics
+
+    assert pv.compare is pv.compare_objectives is old.compare is old.compare_objectives is C.compare_objectives
+    assert old.ComparisonResult is R.ComparisonResult and old.COLUMNS is R.COLUMNS
+    for name in ("gradient_snr", "gradient_moments", "vae_gradient_snr", "GradientMoments", "summarize_snr"):
+        assert getattr(old, name) is getattr(diagnostics, name) is getattr(S, name), name
+    assert callable(diagnostics.compare_models)  # the model comparison of diagnostics is another thing, kept
+    result, _ = outcome
+    test = eval_data(data, load_config(None, TINY))
+    row = result.table[0]
+    n, how = old.active_units(result.models[row["objective"]], test)
+    assert n == row["active_units"] and "latent_diagnostics" in how
+    # results pickled under the old module path load (the class is found by its old name)
+    import pickle
+
+    blob = pickle.dumps(R.ComparisonResult(result.table), protocol=0)  # protocol 0: module names as text lines
+    blob = blob.replace(b"pyro_vae.experiments.result\n", b"pyro_vae.comparison\n")
+    assert b"pyro_vae.comparison" in blob and pickle.loads(blob).table == result.table

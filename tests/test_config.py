@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from pyro_vae.config import Config, ConfigError, load_config
@@ -56,3 +59,113 @@ def test_missing_config_file(tmp_path):
 def test_unknown_override_key():
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(None, {"epoch": 3})
+
+
+def test_every_registry_name_is_a_config_choice_and_builds():
+    from pyro_vae import build, registry
+
+    assert build.OBJECTIVES is registry.OBJECTIVES and build.PRIORS is registry.PRIORS
+    for key, table in (("encoder", registry.ENCODERS), ("decoder", registry.DECODERS), ("prior", registry.PRIORS),
+                       ("objective", registry.OBJECTIVES)):
+        with pytest.raises(ConfigError, match=f"{key} = 'nope' is not one of"):
+            load_config(None, {key: "nope"})
+        assert table  # every name of the table is accepted by the config (what validate() reads)
+    for name in registry.OBJECTIVES:
+        c = load_config(None, {"objective": name, "num_particles": 2})
+        assert hasattr(build.build_objective(c), "differentiable_loss"), name
+
+
+# -- import structure (static: every import statement, also those inside functions) ------------------
+PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of the modules ``path`` imports (relative imports resolved; a name imported
+    from a package counts as its submodule when one exists; ``if TYPE_CHECKING:`` blocks skipped)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for child in node.body for n in ast.walk(child)}
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            mod = ".".join(p for p in (base, node.module or "") if p)
+            out.add(mod)
+            for a in node.names:
+                sub = PACKAGE.parent.joinpath(*f"{mod}.{a.name}".split("."))
+                if sub.with_suffix(".py").is_file() or (sub / "__init__.py").is_file():
+                    out.add(f"{mod}.{a.name}")
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    """pyro_vae module -> the pyro_vae modules it imports, with the parent packages each import runs
+    (except the root ``pyro_vae``, whose ``__init__`` imports the public API)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        edges = set()
+        for name in _imports(path):
+            if name == "pyro_vae" or not name.startswith("pyro_vae."):
+                continue
+            parts = name.split(".")
+            edges.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+        graph[_module_name(path)] = edges
+    return graph
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_every_import_inside_the_package_names_a_module_that_exists():
+    """Also the lazy ones inside functions, which only fail when their branch runs."""
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        for name in _imports(path):
+            if name.startswith("pyro_vae.") or name == "pyro_vae":
+                target = PACKAGE.parent.joinpath(*name.split("."))
+                if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
+                    missing.append(f"{path.relative_to(PACKAGE)}: {name}")
+    assert not missing, missing
+
+
+def test_registry_config_build_form_no_import_cycle():
+    """registry <- config <- build: the registry imports neither, config does not import build
+    (not even lazily inside a function), so the three load in any order."""
+    g = _graph()
+    assert "pyro_vae.registry" in g["pyro_vae.config"]
+    assert {"pyro_vae.config", "pyro_vae.registry"} <= g["pyro_vae.build"]
+    assert not {"pyro_vae.config", "pyro_vae.build"} & _reaches(g, "pyro_vae.registry")
+    assert "pyro_vae.build" not in _reaches(g, "pyro_vae.config")
+
+
+def test_no_library_module_imports_the_cli():
+    """The CLI sits on top: nothing in pyro_vae outside pyro_vae/cli (and the ``python -m pyro_vae``
+    entry point) imports it."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] == "cli" or rel == Path("__main__.py"):
+            continue
+        bad = sorted(n for n in _imports(path) if n == "pyro_vae.cli" or n.startswith("pyro_vae.cli."))
+        if bad:
+            offenders.append(f"{rel}: {', '.join(bad)}")
+    assert not offenders, offenders

@@ -95,13 +95,13 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
     from ..evaluation import bits_per_dim, log_likelihood
     from ..train import atomic_write_text
     from ..train.fit import evaluate_bound
-    from .run import _eval_data, load_run
+    from ..runs import Run, eval_data
 
-    config, data, vae = load_run(ns.run_dir)
+    config, data, vae = Run.load(ns.run_dir)
     k = ns.samples or config.eval_samples
     if k < 1:
         raise ConfigError(f"--samples must be >= 1, got {k}")
-    test = _eval_data(data, config)
+    test = eval_data(data, config)
     torch.manual_seed(config.seed + 7)
     elbo = evaluate_bound(vae.model, vae.guide, test)
     ll = log_likelihood(vae.model, vae.guide, test, num_samples=k, memory_budget=config.eval_memory_mb * 2**20,
@@ -117,11 +117,11 @@ def _cmd_sample(ns: argparse.Namespace) -> int:
     import torch
 
     from .. import plots
-    from .run import load_run
+    from ..runs import Run
 
     if ns.num < 1:
         raise ConfigError(f"--num must be >= 1, got {ns.num}")
-    config, data, vae = load_run(ns.run_dir)
+    config, data, vae = Run.load(ns.run_dir)
     if data.image_shape is None:
         raise ConfigError("sample draws image grids; this run's data are not images")
     out = ns.out or Path(ns.run_dir) / f"samples_{ns.seed}.png"
@@ -135,16 +135,16 @@ def _cmd_sample(ns: argparse.Namespace) -> int:
 
 def _cmd_reconstruct(ns: argparse.Namespace) -> int:
     from .. import plots
-    from .run import _eval_data, load_run
+    from ..runs import Run, eval_data
 
     if ns.num < 1:
         raise ConfigError(f"--num must be >= 1, got {ns.num}")
-    config, data, vae = load_run(ns.run_dir)
+    config, data, vae = Run.load(ns.run_dir)
     if data.image_shape is None:
         raise ConfigError("reconstruct draws image grids; this run's data are not images")
     out = ns.out or Path(ns.run_dir) / "reconstructions_test.png"
     value_range = (0.0, 255.0) if data.pixel_scale == "uint8" else (0.0, 1.0)
-    plots.reconstructions(vae, _eval_data(data, config)[: ns.num], data.image_shape, n=ns.num, path=out,
+    plots.reconstructions(vae, eval_data(data, config)[: ns.num], data.image_shape, n=ns.num, path=out,
                           value_range=value_range)
     print(f"wrote {out}")
     return 0

@@ -117,7 +117,7 @@ def run(ns: argparse.Namespace) -> int:
     try:
         import torch
 
-        from ..comparison import compare
+        from ..experiments import compare_objectives
 
         if ns.threads is not None:
             if ns.threads < 1:
@@ -128,7 +128,7 @@ def run(ns: argparse.Namespace) -> int:
         base = load_config(ns.config, overrides)
         if ns.val_samples < 0:
             raise ConfigError(f"--val-samples must be >= 0, got {ns.val_samples}")
-        result = compare(
+        result = compare_objectives(
             parse_objectives(ns.objectives),
             base,
             num_particles=ns.num_particles,

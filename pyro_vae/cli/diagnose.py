@@ -132,14 +132,14 @@ def diagnose_run(
     from .. import diagnostics as D
     from .. import plots
     from ..train import atomic_write_text
-    from .run import _eval_data, load_run
+    from ..runs import Run, eval_data
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    config, data, vae = load_run(run_dir)
+    config, data, vae = Run.load(run_dir)
     out = run_dir / OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    x = _eval_data(data, config)[:num_points].to(config.device)
+    x = eval_data(data, config)[:num_points].to(config.device)
     budget = config.eval_memory_mb * 2**20
     pyro.set_rng_seed(seed)
     caught: list[str] = []

@@ -1,6 +1,8 @@
 """A whole run as a function: data -> model -> fit -> evaluate -> figures -> report.
 
-The CLI is a thin shell over :func:`train_run` and :func:`load_run`; notebooks can call them too.
+The CLI is a thin shell over :func:`train_run`. Reading a run back lives in the library,
+:mod:`pyro_vae.runs` (``pv.load_run``, ``pv.runs.Run.load``); :func:`load_run`, :func:`load_data`
+and ``_eval_data`` here are the same functions, kept for existing callers.
 """
 
 from __future__ import annotations
@@ -19,16 +21,13 @@ import torch
 
 from ..build import build_objective, build_vae
 from ..config import SCALING_KEYS, Config, ConfigError, load_config, uses_lightning
-from ..data import DataSplits, load_dataset
+from ..data import DataSplits
 from ..evaluation import bits_per_dim, log_likelihood
-from ..train import atomic_write_text, fit, load_checkpoint, save_checkpoint
+from ..runs import CONFIG, MODEL, REPORT, SUMMARY, Run, load_data
+from ..runs import eval_data as _eval_data
+from ..train import atomic_write_text, fit, save_checkpoint
 from ..train.fit import CHECKPOINT, evaluate_bound
 from ..vae import VAE
-
-MODEL = "model.pt"
-CONFIG = "config.toml"
-SUMMARY = "summary.json"
-REPORT = "report.md"
 
 
 @dataclass
@@ -50,25 +49,6 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:  # noqa: D102
         return dict(self.__dict__)
-
-
-def load_data(config: Config) -> DataSplits:
-    """The data a config names (binarized statically when ``binarize = 'static'``)."""
-    return load_dataset(
-        config.dataset,
-        root=config.data_root or None,
-        download=config.download,
-        pixel_scale=config.pixel_scale,
-        binarize=config.binarize if config.binarize == "static" else "none",
-        seed=config.seed,
-    )
-
-
-def _eval_data(data: DataSplits, config: Config) -> torch.Tensor:
-    """Test data as scored: binarized once with a fixed generator under dynamic binarization."""
-    if config.binarize == "dynamic":
-        return torch.bernoulli(data.test, generator=torch.Generator().manual_seed(12345))
-    return data.test
 
 
 def prepare(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[DataSplits, VAE]:
@@ -312,25 +292,10 @@ def render_report(s: RunSummary, c: Config, data: DataSplits) -> str:
     return "\n".join(out)
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Config, DataSplits, VAE]:
-    """Rebuild a finished run's config, data and trained model (weights loaded safely)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a pyro-vae run directory (no {CONFIG}); train one with `pyro-vae train`")
-    overrides = {"run_dir": str(run_dir)}
-    if device is not None:
-        overrides["device"] = device
-    config = load_config(run_dir / CONFIG, overrides)
-    model_file = run_dir / MODEL if (run_dir / MODEL).exists() else run_dir / CHECKPOINT
-    state = load_checkpoint(model_file, map_location=config.device)
-    data = load_data(config)
-    vae = build_vae(config, data.x_dim, data.image_shape, data.train)
-    try:
-        vae.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ConfigError(f"{model_file} does not match {run_dir / CONFIG}: {str(e).splitlines()[0]}") from e
-    vae.to(config.device).eval()
-    return config, data, vae
+def load_run(run_dir: str | Path, device: str | None = None) -> Run:
+    """``(config, data, vae)`` of a finished run: :meth:`pyro_vae.runs.Run.load` (kept for existing callers;
+    ``pv.load_run`` returns the VAE alone)."""
+    return Run.load(run_dir, device)
 
 
 __all__ = ["train_run", "load_run", "evaluate_run", "RunSummary", "prepare", "load_data"]

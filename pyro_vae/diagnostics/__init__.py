@@ -15,12 +15,14 @@ Is q(z|x) calibrated?               :func:`sbc` — simulation-based calibration
 Does the model reproduce the data?  :func:`predictive_check` — prior / posterior predictive checks
 Which model predicts held-out       :func:`compare_models` — elpd table with paired SEs, k̂ warnings
 data best?
+How noisy is an objective's         :func:`vae_gradient_snr` / :func:`gradient_snr` — signal-to-
+gradient?                           noise ratio E g / std g of encoder and decoder weights
 ArviZ plots and summaries           :func:`to_inference_data` (+ :func:`elpd_data` for ``az.plot_khat``)
 =================================  ===========================================================
 
-Every function is called as ``f(vae, x)``, ``f((model, guide), x)`` or ``f(model, guide, x)``,
-is vectorized over datapoints and samples, and keeps each chunk's working set under
-``memory_budget`` bytes (default 1 GiB). See ``docs/diagnostics.md`` for how to read them.
+Every per-datapoint function is called as ``f(vae, x)``, ``f((model, guide), x)`` or
+``f(model, guide, x)``, is vectorized over datapoints and samples, and keeps each chunk's working
+set under ``memory_budget`` bytes (default 1 GiB). See ``docs/diagnostics.md`` for how to read them.
 """
 
 from ._common import DiagnosticWarning, NonFiniteWeightWarning, SampleSizeWarning
@@ -41,6 +43,7 @@ from .importance import (
     tail_length,
 )
 from .latent import LatentDiagnostics, latent_diagnostics
+from .snr import GradientMoments, gradient_moments, gradient_snr, summarize_snr, vae_gradient_snr
 
 __all__ = [
     # importance
@@ -59,6 +62,12 @@ __all__ = [
     # latent
     "latent_diagnostics",
     "LatentDiagnostics",
+    # gradient SNR
+    "vae_gradient_snr",
+    "gradient_snr",
+    "gradient_moments",
+    "GradientMoments",
+    "summarize_snr",
     # ArviZ
     "to_inference_data",
     "elpd_data",
