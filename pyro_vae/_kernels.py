@@ -179,7 +179,7 @@ def _measure(key: tuple, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | Non
     r = settings.measure_repeats
     t_torch, t_dnn = _time(torch_fn, r), _time(dnn_fn, r)
     chosen = t_dnn < t_torch
-    name = f"{h.shape[1]} x {w.shape[0]}, rows~{1 << key[2]}, {'grad' if grad else 'no grad'}"
+    name = f"{h.shape[1]} x {w.shape[0]}, rows~{1 << max(key[2] - 1, 0)}, {'grad' if grad else 'no grad'}"
     _state["timings"][name] = {"torch": t_torch, "onednn": t_dnn, "chosen": "onednn" if chosen else "torch"}
     return chosen
 
@@ -233,6 +233,17 @@ def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 # -- Bernoulli log-density -------------------------------------------------------------------------
+def _fills(big: torch.Size, *small: torch.Size) -> bool:
+    """Whether every ``small`` shape broadcasts into ``big`` (without Python's general
+    ``torch.broadcast_shapes``, which costs more than the kernel on small inputs)."""
+    for s in small:
+        if s == big:
+            continue
+        if len(s) > len(big) or any(a != b and a != 1 for a, b in zip(reversed(s), reversed(big))):
+            return False
+    return True
+
+
 class _BernoulliLogProb(torch.autograd.Function):
     """Σ_d [x_d l_d − softplus(l_d)] over the last dim, as one autograd node.
 
@@ -254,7 +265,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         grad_logits = grad_x = None
         if ctx.needs_input_grad[0]:
             s = torch.sigmoid(logits)
-            if s.shape == torch.broadcast_shapes(s.shape, x.shape, g.shape):
+            if _fills(s.shape, x.shape, g.shape):
                 grad_logits = s.neg_().add_(x).mul_(g)  # (x − σ(l)) · grad, in place
             else:
                 grad_logits = ((x - s) * g).sum_to_size(logits.shape)
@@ -265,7 +276,7 @@ class _BernoulliLogProb(torch.autograd.Function):
 
 def _bernoulli_value(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     t = F.softplus(logits)
-    if t.shape == torch.broadcast_shapes(t.shape, x.shape):
+    if _fills(t.shape, x.shape):
         t.addcmul_(logits, x, value=-1.0)  # softplus(l) − x·l, in the one temporary
     else:
         t = t - logits * x

@@ -168,9 +168,10 @@ def particle_traces(
     model_trace = poutine.trace(
         poutine.replay(vectorize(model, num_particles, max_plate_nesting), trace=guide_trace)
     ).get_trace(*args, **kwargs)
-    if is_validation_enabled():
-        check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
     frame = _find_data_frame(guide_trace, plate_name) or _find_data_frame(model_trace, plate_name)
+    unsized = frame is not None and (frame.size is None or frame.size < 1)
+    if is_validation_enabled() and not unsized:  # an unsized plate broadcasts the model's sites: no check
+        check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
     if frame is None:
         raise PlateError(
             f"no sample site sits in a plate named {plate_name!r}; per-datapoint quantities need the "
@@ -372,12 +373,20 @@ class Particles:
     data_scale: float
     latents: list[LatentSite]
     observed: list[ObservedSite]
-    row_wise: bool = False
+    #: whether routing may use the per-row gradient hook (a callable is evaluated on first use)
+    row_wise_check: bool | Callable[[], bool] = False
     #: the traces it was built from (``None`` for :func:`from_vae`)
     traces: ParticleTraces | None = None
     beta: float = 1.0
     plate_name: str = DATA_PLATE
     _stopped: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def row_wise(self) -> bool:
+        """May gradient routing rescale ∂/∂z per (particle, datapoint) with a hook on the model's
+        copy of the samples? (Only the component producer makes such a copy.)"""
+        check = self.row_wise_check
+        return bool(check() if callable(check) else check)
 
     # -- per-datapoint sums ------------------------------------------------------------------------
     def _full(self, t: torch.Tensor | None) -> torch.Tensor:
@@ -500,7 +509,7 @@ class Particles:
         """The record with every latent site's log-density (model and guide) multiplied by β."""
         return Particles(
             self.num_particles, self.batch_size, self.data_scale, self.latents, self.observed,
-            self.row_wise, self.traces, self.beta * float(beta), self.plate_name,
+            self.row_wise_check, self.traces, self.beta * float(beta), self.plate_name,
         )
 
 
@@ -593,7 +602,7 @@ def from_traces(traces: ParticleTraces, plate_name: str = DATA_PLATE) -> Particl
     for name, gsite in gt.nodes.items():  # auxiliary guide sites (no model counterpart) enter as −log q
         if is_latent(gsite) and name not in mt.nodes:
             latents.append(_latent(name, gsite, None, traces, plate_name, False))
-    return Particles(traces.num_particles, traces.batch_size, ds, latents, observed, row_wise=False, traces=traces,
+    return Particles(traces.num_particles, traces.batch_size, ds, latents, observed, row_wise_check=False, traces=traces,
                      plate_name=plate_name)
 
 
@@ -669,7 +678,7 @@ def from_vae(
     latent = LatentSite("z", q, prior, z, z_p, True, 1.0, 1.0, True, _reduce_plain)
     return Particles(
         K, B, 1.0 if num_data is None else num_data / B, [latent], [ObservedSite("x", log_lik, True, 1.0)],
-        row_wise=rows_independent(decoder),
+        row_wise_check=lambda: rows_independent(decoder),
     )
 
 

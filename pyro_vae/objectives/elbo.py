@@ -65,11 +65,10 @@ class ELBO(Objective):
         return kl
 
     def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:
-        K, B = particles.num_particles, particles.batch_size
+        K, B, ds = particles.num_particles, particles.batch_size, particles.data_scale
         beta = particles.beta
-        local_rec = particles.log_lik  # (K, B), relative-scaled
-        local_kl = None  # (K|1, B) per-datapoint terms, relative-scaled
-        global_total = particles.global_log_lik()  # already scaled, summed
+        kl_sum = None  # Σ_b mean_k of the per-datapoint KL terms, relative-scaled
+        global_total = particles.global_log_lik() if particles.global_sites() else None  # scaled, summed
         for site in particles.latents:
             if site.p is None:  # auxiliary guide site: enters as −log q
                 kl = site.reduce(site.q.log_prob(site.value))
@@ -78,19 +77,23 @@ class ELBO(Objective):
                 kl = self._kl(site)
                 scale = beta * site.p_scale
             if site.in_plate:
-                term = kl if (isinstance(scale, float) and scale == 1.0) else scale * kl
-                local_kl = term if local_kl is None else local_kl + term
+                term = _sum_mean_k(kl, K, B)
+                term = term if (isinstance(scale, float) and scale == 1.0) else scale * term
+                kl_sum = term if kl_sum is None else kl_sum + term
             else:
-                global_total = global_total - particles.data_scale * scale * kl.sum() / K
-        kl_sum = torch.zeros(()) if local_kl is None else _sum_mean_k(local_kl, K, B)
-        rec_sum = local_rec.sum() / K
-        bound_sum = particles.data_scale * (rec_sum - kl_sum) + global_total
-        n_total = particles.data_scale * B
-        terms = Terms(
-            bound=(bound_sum / n_total).detach(),
-            reconstruction=(rec_sum / B).detach(),
-            kl=(kl_sum / B).detach(),
-        )
+                g = (ds * scale) * kl.sum() / K
+                global_total = -g if global_total is None else global_total - g
+        rec_sum = _sum_mean_k(particles.log_lik, K, B)
+        local = rec_sum if kl_sum is None else rec_sum - kl_sum  # Σ_b of the per-datapoint bound
+        bound_sum = local if ds == 1.0 else ds * local
+        if global_total is not None:
+            bound_sum = bound_sum + global_total
+        with torch.no_grad():
+            terms = Terms(
+                bound=bound_sum / (ds * B),
+                reconstruction=rec_sum / B,
+                kl=torch.zeros((), dtype=rec_sum.dtype) if kl_sum is None else kl_sum / B,
+            )
         return -bound_sum, terms
 
 
@@ -98,9 +101,9 @@ def _sum_mean_k(t: torch.Tensor, K: int, B: int) -> torch.Tensor:
     """Σ_b mean_k of a (K|1, B|1) tensor that broadcasts to (K, B)."""
     if t.dim() == 0:
         return t * B
-    if t.shape[0] == 1:
-        return t.sum() * (B / t.shape[1] if t.shape[1] != B else 1.0)
-    return t.expand(K, B).sum() / K
+    total = t.sum()
+    n = (K if t.shape[0] == K else 1) * (1 if t.shape[-1] == B else 1.0 / B)
+    return total if n == 1 else total / n
 
 
 __all__ = ["ELBO"]
