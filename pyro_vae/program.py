@@ -41,6 +41,7 @@ the Monte Carlo term for that site and says so).
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -665,11 +666,12 @@ def from_vae(
     B, K = x.shape[0], num_particles
     if num_data is not None and num_data < B:
         raise ValueError(f"num_data={num_data} is smaller than the minibatch ({B}); pass the data set size")
-    q = vae.encoder(x) if q is None else q
+    mods = vae._modules  # the components, without PyroModule's attribute lookup
+    q = mods["encoder"](x) if q is None else q
     z = q.rsample((K,)) if getattr(q, "has_rsample", False) else q.sample((K,))
     z_p = z.view_as(z)  # the model's copy of z: routing may rescale its gradient with a hook
-    prior = vae.prior()
-    decoder = vae.decoder
+    prior = mods["prior"]()
+    decoder = mods["decoder"]
     if block_rows is not None and not torch.is_grad_enabled():
         ks = max(1, block_rows // max(B, 1))
         log_lik = torch.cat([decoder(z_p[lo : lo + ks]).log_prob(x) for lo in range(0, K, ks)])
@@ -680,6 +682,72 @@ def from_vae(
         K, B, 1.0 if num_data is None else num_data / B, [latent], [ObservedSite("x", log_lik, True, 1.0)],
         row_wise_check=lambda: rows_independent(decoder),
     )
+
+
+# -- the streaming weight accumulator -----------------------------------------------------------------
+class WeightAccumulator:
+    """Running per-datapoint statistics of log weights arriving in (samples, datapoints) chunks.
+
+    Keeps log Σw, log Σw², Σ log w, Σ (log w)² and the ``keep`` largest log weights per
+    datapoint: memory O(N · keep), whatever K. The one accumulator of the package: the
+    log-likelihood estimator and the importance diagnostics both stream their weights into it
+    (NaN weights are an error naming the datapoints; +inf weights are counted).
+    """
+
+    def __init__(self, num_data: int, num_samples: int, keep: int) -> None:
+        f64 = torch.float64
+        self.num_samples = num_samples
+        self.lse = torch.full((num_data,), -math.inf, dtype=f64)
+        self.lse2 = torch.full((num_data,), -math.inf, dtype=f64)
+        self.sum = torch.zeros(num_data, dtype=f64)
+        self.sum2 = torch.zeros(num_data, dtype=f64)
+        self.posinf = torch.zeros(num_data, dtype=torch.long)
+        self.top = torch.full((num_data, keep), -math.inf, dtype=f64)
+        self.eps = torch.finfo(f64).eps  # of the coarsest dtype the weights arrived in
+
+    def update(self, lo: int, hi: int, lw: torch.Tensor) -> None:
+        if lw.is_floating_point():
+            self.eps = max(self.eps, torch.finfo(lw.dtype).eps)
+        lw = lw.detach().double().cpu()
+        nan = torch.isnan(lw)
+        if bool(nan.any()):
+            bad = (torch.nonzero(nan.any(0)).reshape(-1) + lo).tolist()
+            raise ValueError(
+                f"log importance weights are NaN for datapoints {bad[:10]}{' ...' if len(bad) > 10 else ''}: the "
+                "model or guide returned a NaN log-density (a NaN network output, a zero scale, or data outside "
+                "the likelihood's support); check the inputs and the parameters"
+            )
+        inf = lw == math.inf
+        self.posinf[lo:hi] += inf.sum(0)
+        self.lse[lo:hi] = torch.logaddexp(self.lse[lo:hi], torch.logsumexp(lw, dim=0))
+        self.lse2[lo:hi] = torch.logaddexp(self.lse2[lo:hi], torch.logsumexp(2 * lw, dim=0))
+        self.sum[lo:hi] += lw.sum(0)
+        self.sum2[lo:hi] += (lw * lw).sum(0)
+        keep = self.top.shape[1]
+        if keep:
+            both = torch.cat([self.top[lo:hi], lw.T], dim=1)
+            self.top[lo:hi] = torch.topk(both, keep, dim=1).values
+
+    def log_likelihood(self) -> torch.Tensor:
+        """log (1/K) Σ_k w_k per datapoint."""
+        return self.lse - math.log(self.num_samples)
+
+    def ess(self) -> torch.Tensor:
+        """(Σw)² / Σw² per datapoint; the count of infinite weights where there are any; 0 if all weights are 0."""
+        ess = torch.exp(2 * self.lse - self.lse2)
+        ess = torch.where(self.posinf > 0, self.posinf.double(), ess)
+        return torch.where(self.lse == -math.inf, torch.zeros_like(ess), ess)
+
+    def elbo(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean of log w (the ELBO estimate) per datapoint and its Monte Carlo standard error."""
+        k = self.num_samples
+        mean = self.sum / k
+        with torch.no_grad():
+            var = (self.sum2 / k - mean**2).clamp(min=0) * k / max(k - 1, 1)
+        finite = torch.isfinite(mean)
+        se = torch.where(finite, torch.sqrt(var / k), torch.full_like(mean, math.inf))
+        return mean, se
+
 
 
 def log_weights(traces: ParticleTraces, plate_name: str = DATA_PLATE) -> torch.Tensor:
@@ -706,6 +774,7 @@ __all__ = [
     "reduce_site",
     "site_log_prob",
     "log_weights",
+    "WeightAccumulator",
     "stop_parameters",
     "latent_kl",
     "rows_independent",

@@ -16,13 +16,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import pyro
+
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from ..evaluation.log_likelihood import plan_chunks
-from ..traces import PARTICLE_PLATE, PlateError, guess_max_plate_nesting
+from ..program import PARTICLE_PLATE, PlateError, guess_max_plate_nesting, is_latent, is_sample, vectorize
 
 #: default working-memory budget of one chunk, bytes (the same default as ``log_likelihood``)
 DEFAULT_MEMORY_BUDGET = float(1 << 30)
@@ -144,15 +143,8 @@ def sample_chunks(num_samples: int, per_chunk: int) -> Iterator[tuple[int, int]]
         done += k
 
 
-def vectorized(fn: Callable, num_particles: int, max_plate_nesting: int) -> Callable:
-    """``fn`` inside an outer particle plate of size ``num_particles`` (as :mod:`pyro_vae.traces` does)."""
-    dim = -(max_plate_nesting + 1)
-
-    def wrapped(*a: Any, **k: Any) -> Any:
-        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
-            return fn(*a, **k)
-
-    return wrapped
+#: ``fn`` inside the outer particle plate (the one definition is :func:`pyro_vae.program.vectorize`)
+vectorized = vectorize
 
 
 def trace_guide(pair: Pair, xb: torch.Tensor, num_particles: int | None = None) -> poutine.Trace:
@@ -188,7 +180,7 @@ def latent_sites(trace: poutine.Trace, plate_name: str, who: str = "guide") -> l
     """Unobserved sample sites (not subsample sites); each must sit in the data plate."""
     out = []
     for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
+        if not is_latent(site):
             continue
         if (site.get("infer") or {}).get("was_observed"):
             continue
@@ -212,7 +204,7 @@ def observed_sites(trace: poutine.Trace, plate_name: str) -> list[dict]:
     """Observed sites (or sites that were observed before ``poutine.uncondition``) in the data plate."""
     out = []
     for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
+        if not is_sample(site):
             continue
         if site["is_observed"] or (site.get("infer") or {}).get("was_observed"):
             if not in_plate(site, plate_name):

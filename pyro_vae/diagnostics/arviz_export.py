@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..traces import log_weights, particle_traces, site_log_prob
+from ..program import log_weights, particle_traces, site_log_prob
 from ..vae import DATA_PLATE
 from ._common import (
     DEFAULT_MEMORY_BUDGET,

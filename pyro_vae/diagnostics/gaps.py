@@ -32,7 +32,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
-from ..traces import PlateError, log_weights, particle_traces
+from ..program import PlateError, log_weights, particle_traces
 from ..vae import DATA_PLATE
 from ._common import (
     DEFAULT_MEMORY_BUDGET,

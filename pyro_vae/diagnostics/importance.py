@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
-from ..traces import log_weights, particle_traces
+from ..program import WeightAccumulator, traced_particles
 from ..vae import DATA_PLATE
 from ._common import (
     DEFAULT_MEMORY_BUDGET,
@@ -199,67 +199,6 @@ def _check_num_samples(num_samples: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class WeightAccumulator:
-    """Running per-datapoint statistics of log weights arriving in (samples, datapoints) chunks.
-
-    Keeps log Σw, log Σw², Σ log w, Σ (log w)² and the ``keep`` largest log weights per
-    datapoint: memory O(N · keep), whatever K.
-    """
-
-    def __init__(self, num_data: int, num_samples: int, keep: int) -> None:
-        f64 = torch.float64
-        self.num_samples = num_samples
-        self.lse = torch.full((num_data,), -math.inf, dtype=f64)
-        self.lse2 = torch.full((num_data,), -math.inf, dtype=f64)
-        self.sum = torch.zeros(num_data, dtype=f64)
-        self.sum2 = torch.zeros(num_data, dtype=f64)
-        self.posinf = torch.zeros(num_data, dtype=torch.long)
-        self.top = torch.full((num_data, keep), -math.inf, dtype=f64)
-        self.eps = torch.finfo(f64).eps  # of the coarsest dtype the weights arrived in
-
-    def update(self, lo: int, hi: int, lw: torch.Tensor) -> None:
-        if lw.is_floating_point():
-            self.eps = max(self.eps, torch.finfo(lw.dtype).eps)
-        lw = lw.detach().double().cpu()
-        nan = torch.isnan(lw)
-        if bool(nan.any()):
-            bad = (torch.nonzero(nan.any(0)).reshape(-1) + lo).tolist()
-            raise ValueError(
-                f"log importance weights are NaN for datapoints {bad[:10]}{' ...' if len(bad) > 10 else ''}: the "
-                "model or guide returned a NaN log-density (a NaN network output, a zero scale, or data outside "
-                "the likelihood's support); check the inputs and the parameters"
-            )
-        inf = lw == math.inf
-        self.posinf[lo:hi] += inf.sum(0)
-        self.lse[lo:hi] = torch.logaddexp(self.lse[lo:hi], torch.logsumexp(lw, dim=0))
-        self.lse2[lo:hi] = torch.logaddexp(self.lse2[lo:hi], torch.logsumexp(2 * lw, dim=0))
-        self.sum[lo:hi] += lw.sum(0)
-        self.sum2[lo:hi] += (lw * lw).sum(0)
-        keep = self.top.shape[1]
-        both = torch.cat([self.top[lo:hi], lw.T], dim=1)
-        self.top[lo:hi] = torch.topk(both, keep, dim=1).values
-
-    def log_likelihood(self) -> torch.Tensor:
-        """log (1/K) Σ_k w_k per datapoint."""
-        return self.lse - math.log(self.num_samples)
-
-    def ess(self) -> torch.Tensor:
-        """(Σw)² / Σw² per datapoint; the count of infinite weights where there are any; 0 if all weights are 0."""
-        ess = torch.exp(2 * self.lse - self.lse2)
-        ess = torch.where(self.posinf > 0, self.posinf.double(), ess)
-        return torch.where(self.lse == -math.inf, torch.zeros_like(ess), ess)
-
-    def elbo(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean of log w (the ELBO estimate) per datapoint and its Monte Carlo standard error."""
-        k = self.num_samples
-        mean = self.sum / k
-        with torch.no_grad():
-            var = (self.sum2 / k - mean**2).clamp(min=0) * k / max(k - 1, 1)
-        finite = torch.isfinite(mean)
-        se = torch.where(finite, torch.sqrt(var / k), torch.full_like(mean, math.inf))
-        return mean, se
-
-
 def stream_weights(pair: Any, guide: Any, x: torch.Tensor, num_samples: int, memory_budget: float,
                    keep: int, progress: bool = False, desc: str = "importance weights") -> WeightAccumulator:
     """Accumulate log weights of ``guide`` (a proposal for ``pair.model``) over chunks of x and samples."""
@@ -270,9 +209,8 @@ def stream_weights(pair: Any, guide: Any, x: torch.Tensor, num_samples: int, mem
         for lo, hi in chunks:
             xb = x[lo:hi]
             for _, k in sample_chunks(num_samples, per):
-                tr = particle_traces(pair.model, guide, pair.call_args(xb), pair.kwargs, k,
-                                     pair.max_plate_nesting, pair.plate_name)
-                acc.update(lo, hi, log_weights(tr, pair.plate_name))
+                acc.update(lo, hi, traced_particles(pair.model, guide, pair.call_args(xb), pair.kwargs, k,
+                                                    pair.max_plate_nesting, pair.plate_name).log_weights)
                 bar.update()
     bar.close()
     return acc

@@ -24,7 +24,7 @@ from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywid
 
 from .. import _kernels
 from ..objectives.base import plain_vae
-from ..program import from_vae, guess_max_plate_nesting, traced_particles
+from ..program import WeightAccumulator, from_vae, guess_max_plate_nesting, traced_particles
 from ..vae import DATA_PLATE
 
 #: Working-memory estimate per (sample, datapoint, feature): ~8 float32 temporaries
@@ -178,28 +178,20 @@ def _accumulate(
     """Per-datapoint log (1/K) Σ w and ESS over datapoint chunks of ``points`` rows and sample
     chunks of ``samples`` draws; ``weights(x_chunk, prepare(x_chunk), k)`` gives ``(k, b)`` log weights."""
     n = x.shape[0]
-    out = torch.empty(n, dtype=torch.float64)
-    ess = torch.empty(n, dtype=torch.float64)
+    acc = WeightAccumulator(n, num_samples, keep=0)
     chunks = [(i, min(i + points, n)) for i in range(0, n, points)]
     bar = tqdm(total=len(chunks) * math.ceil(num_samples / samples), desc="log-likelihood", disable=not progress, leave=False)
     for lo, hi in chunks:
         xb = x[lo:hi]
         state = prepare(xb)
-        # running log Σ w and log Σ w² over sample chunks
-        lse = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
-        lse2 = torch.full((hi - lo,), -math.inf, dtype=torch.float64)
         done = 0
         while done < num_samples:
             k = min(samples, num_samples - done)
-            lw = weights(xb, state, k).double()  # (k, b)
-            lse = torch.logaddexp(lse, torch.logsumexp(lw, dim=0).cpu())
-            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, dim=0).cpu())
+            acc.update(lo, hi, weights(xb, state, k))  # (k, b)
             done += k
             bar.update()
-        out[lo:hi] = lse - math.log(num_samples)
-        ess[lo:hi] = torch.exp(2 * lse - lse2)
     bar.close()
-    return _summary(out, ess, num_samples)
+    return _summary(acc.log_likelihood(), acc.ess(), num_samples)
 
 
 def _summary(out: torch.Tensor, ess: torch.Tensor, num_samples: int) -> LogLikelihood:

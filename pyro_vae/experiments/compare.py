@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -47,7 +46,7 @@ import torch
 
 from ..build import build_objective, build_vae
 from ..config import Config, ConfigError, load_config
-from ..data import Batches, DataSplits
+from ..data import DataSplits
 from ..diagnostics import importance_diagnostics, latent_diagnostics, vae_gradient_snr
 from ..evaluation import log_likelihood
 from ..objectives import IWAE

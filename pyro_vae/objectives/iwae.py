@@ -1,7 +1,7 @@
 """Importance-weighted bounds, combined per datapoint: IWAE, MIWAE, CIWAE, PIWAE.
 
 For a datapoint x_b and K particles z_kb ~ q(z | x_b) the log importance weights are
-log w_kb = log p(x_b, z_kb) − log q(z_kb | x_b) (:func:`pyro_vae.traces.log_weights`), and
+log w_kb = log p(x_b, z_kb) − log q(z_kb | x_b) (:attr:`pyro_vae.program.Particles.log_weights`), and
 
     IWAE-K(x_b) = log (1/K) Σ_k w_kb                       (Burda et al. 2016)
 

@@ -48,7 +48,7 @@ from typing import Any, Callable
 import torch
 from pyro.poutine.messenger import Messenger
 
-from ..program import Particles, ParticleTraces, PlateError, from_traces, latent_kl
+from ..program import Particles, ParticleTraces, PlateError, from_traces, is_latent, latent_kl
 from .base import Objective, Terms
 
 
@@ -64,7 +64,7 @@ class LatentScaleMessenger(Messenger):
         self.beta = beta
 
     def _process_message(self, msg: Any) -> None:
-        if msg["type"] == "sample" and not msg["is_observed"] and type(msg["fn"]).__name__ != "_Subsample":
+        if is_latent(msg):
             msg["scale"] = self.beta * msg["scale"]
 
 

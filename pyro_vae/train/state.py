@@ -231,8 +231,10 @@ class RunState:
     Example:
         >>> from pyro_vae.train.state import RunState
         >>> run = RunState(patience=2)
-        >>> [run.end_epoch({"epoch": e, "train_elbo": 0.0, "val_elbo": v}) for e, v in enumerate([-3, -2, -2.5, -2.1], 1)]
-        [False, False, False, True]
+        >>> stop = [run.end_epoch({"epoch": e, "train_elbo": 0.0, "val_elbo": v})
+        ...         for e, v in enumerate([-3, -2, -2.5, -2.1], 1)]
+        >>> stop.index(True) + 1  # the epoch after which it stops
+        4
         >>> run.history.best_epoch, run.history.best_val, run.epochs_since_best
         (2, -2, 2)
     """
