@@ -83,6 +83,7 @@ def reset() -> None:
     """Forget every measurement and check of this process (tests; after changing torch settings)."""
     _state.update(onednn_ok=None, choice={}, timings={}, compiled=None, compile_failed=False)
     _state.pop("compiled_shape", None)
+    _state.pop("present", None)
 
 
 def report() -> dict:
@@ -116,18 +117,23 @@ class _OneDNNLinear(torch.autograd.Function):
         return gh, gw, gb
 
 
+def _onednn_present() -> bool:
+    if "present" not in _state:  # looked up once per process (torch.ops attribute lookups are slow)
+        _state["present"] = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _state["present"]
+
+
 def _onednn_applies(h: torch.Tensor, w: torch.Tensor) -> bool:
     return (
-        settings.onednn != "off"
-        and _state["onednn_ok"] is not False
-        and h.dim() == 2
+        h.dim() == 2
         and h.shape[0] >= settings.onednn_min_rows
-        and h.device.type == "cpu"
-        and w.device.type == "cpu"
+        and settings.onednn != "off"
+        and _state["onednn_ok"] is not False
         and h.dtype == torch.float32
         and w.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and h.device.type == "cpu"
+        and w.device.type == "cpu"
+        and _onednn_present()
     )
 
 
