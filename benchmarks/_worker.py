@@ -10,10 +10,15 @@ Spec keys: ``method`` (``pyro_vae``, ``pyro_vae_compile``, ``pyro_vae_traced``, 
 ``pythae``), ``state`` (path of a ``torch.save``-d dict with the pyro_vae ``state_dict`` and the
 net name), ``data`` (path of the test tensor), ``lo``/``hi`` (rows), ``num_samples``, ``budget``
 (bytes, pyro_vae only), ``seed``, ``threads``.
+
+The output also holds ``kernels``: what the first-use matmul measurement of
+:mod:`pyro_vae._kernels` chose in this process (``pyro_vae._kernels.report()``), and
+``settings``: ``pyro_vae.settings`` as a dict.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -28,6 +33,7 @@ def main(spec: dict) -> dict:
 
     import pyro_vae as pv
     from benchmarks import models
+    from pyro_vae import _kernels
     from benchmarks._timing import PeakMemory
     from benchmarks.reference_vae import ReferenceVAE
     from benchmarks.reference_vae import log_likelihood as reference_log_likelihood
@@ -92,6 +98,8 @@ def main(spec: dict) -> dict:
         "rss_before_bytes": mem.before,
         "memory_method": mem.method,
         "warmup_seconds": warmup_seconds,
+        "kernels": _kernels.report(),
+        "settings": dataclasses.asdict(pv.settings),
     }
 
 

@@ -44,7 +44,7 @@ from pyro_vae.build import build_objective, build_vae
 from pyro_vae.config import load_config
 from pyro_vae.data import Batches, load_dataset
 from pyro_vae.train import train_step
-from pyro_vae.train.fit import _make_optimizer
+from pyro_vae.train.fit import make_optimizer
 
 try:
     import lightning as L
@@ -84,7 +84,7 @@ def time_fit(batch_size: int, steps: int, seed: int = 0) -> list[float]:
     """Step times of the single-process loop (``train_step`` over ``Batches``)."""
     vae, objective, train = _setup(batch_size, seed)
     params = list(vae.parameters())
-    opt = _make_optimizer("adam", params, 1e-3, 0.0)
+    opt = make_optimizer("adam", params, 1e-3, 0.0)
     batches = Batches(train, batch_size, dynamic_binarization=True, generator=torch.Generator().manual_seed(seed))
     loss_fn = lambda x, num_data: objective.differentiable_loss(vae.model, vae.guide, x, num_data=num_data)  # noqa: E731
     times: list[float] = []
