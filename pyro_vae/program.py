@@ -51,6 +51,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.runtime import am_i_wrapped
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_model_guide_match
 from torch import nn
@@ -646,6 +647,23 @@ def _reduce_plain(t: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
     return t.unsqueeze(0) if t.dim() - event_dims == 1 else t
 
 
+def plain_vae(model: Callable, guide: Callable) -> Any:
+    """The :class:`~pyro_vae.VAE` whose own ``model``/``guide`` these are, outside any Pyro
+    handler, when its class declares them the program of its components
+    (``VAE.component_program``; a subclass that overrides ``model`` or ``guide`` does not);
+    else ``None`` (then the program must be traced)."""
+    owner = getattr(model, "__self__", None)
+    if (
+        getattr(type(owner), "component_program", False)
+        and getattr(guide, "__self__", None) is owner
+        and getattr(model, "__name__", None) == "model"
+        and getattr(guide, "__name__", None) == "guide"
+        and not am_i_wrapped()
+    ):
+        return owner
+    return None
+
+
 def from_vae(
     vae: Any,
     x: torch.Tensor,
@@ -682,6 +700,46 @@ def from_vae(
         K, B, 1.0 if num_data is None else num_data / B, [latent], [ObservedSite("x", log_lik, True, 1.0)],
         row_wise_check=lambda: rows_independent(decoder),
     )
+
+
+# -- per-datapoint arguments ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataArgs:
+    """A program's arguments besides x, with the per-datapoint ones marked so that every chunk
+    or subsample slices them together with x (``model(xs, ys)`` of a conditional VAE)."""
+
+    args: tuple
+    kwargs: dict
+    positions: frozenset
+    names: frozenset
+
+    def chunk(self, lo: int, hi: int) -> tuple[tuple, dict]:
+        """The arguments of datapoints ``lo:hi``."""
+        args = tuple(a[lo:hi] if i in self.positions else a for i, a in enumerate(self.args))
+        kwargs = {k: (v[lo:hi] if k in self.names else v) for k, v in self.kwargs.items()}
+        return args, kwargs
+
+
+def data_args(num_data: int, args: tuple, kwargs: dict, per_datapoint: Any = None) -> DataArgs:
+    """Mark the per-datapoint arguments among ``args`` / ``kwargs``: tensors whose leading
+    dimension is ``num_data`` (the number of rows of x), plus those named in ``per_datapoint``
+    (positions into ``args`` counted from 0, or keyword names), which must have that length."""
+    positions = {i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == num_data}
+    names = {k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == num_data}
+    for key in per_datapoint or ():
+        if isinstance(key, int) and not isinstance(key, bool):
+            value, where = (args[key] if 0 <= key < len(args) else None), f"positional argument {key} after x"
+            positions.add(key)
+        else:
+            value, where = kwargs.get(key), f"keyword argument {key!r}"
+            names.add(key)
+        length = len(value) if hasattr(value, "__len__") else None
+        if length != num_data:
+            raise ValueError(
+                f"{where} is named per-datapoint but has length {length}, while x has {num_data} rows; "
+                "pass one entry per datapoint (row i of every per-datapoint argument belongs to x[i])"
+            )
+    return DataArgs(tuple(args), dict(kwargs), frozenset(positions), frozenset(names))
 
 
 # -- the streaming weight accumulator -----------------------------------------------------------------
@@ -768,6 +826,7 @@ __all__ = [
     "ParticleTraces",
     "from_traces",
     "from_vae",
+    "plain_vae",
     "traced_particles",
     "guess_max_plate_nesting",
     "particle_traces",
@@ -775,6 +834,8 @@ __all__ = [
     "site_log_prob",
     "log_weights",
     "WeightAccumulator",
+    "DataArgs",
+    "data_args",
     "stop_parameters",
     "latent_kl",
     "rows_independent",

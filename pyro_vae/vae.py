@@ -79,6 +79,17 @@ class VAE(PyroModule):
         in deep generative models. ICML.
     """
 
+    #: ``model`` / ``guide`` are exactly the program of ``encoder``, ``decoder`` and ``prior`` (one
+    #: latent site ``z`` in the ``"data"`` plate, one observed site ``x``), so objectives may read
+    #: them from the components without tracing (:func:`pyro_vae.program.from_vae`). A subclass
+    #: that overrides ``model`` or ``guide`` is traced unless it declares ``component_program = True``.
+    component_program: bool = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "component_program" not in vars(cls) and ("model" in vars(cls) or "guide" in vars(cls)):
+            cls.component_program = False
+
     def __init__(self, encoder: Encoder, decoder: Decoder, prior: Prior | None = None) -> None:
         super().__init__()
         if prior is None:

@@ -524,3 +524,32 @@ def test_compiled_kernel_is_used_for_full_blocks_when_compile_works(monkeypatch,
         warnings.simplefilter("error")
         assert_same_ll(ll(vae, x, True, num_samples=12, compile=True), expected)
     assert used
+
+
+class _OverridingVAE(pv.VAE):
+    """Overrides the program: its objectives must trace it (no component_program declaration)."""
+
+    def model(self, x, num_data=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.decoder(2.0 * z), obs=x)
+
+
+class _DeclaredVAE(pv.VAE):
+    component_program = True  # a subclass that changes nothing about the program may say so
+
+    def encode(self, x):
+        return super().encode(x)
+
+
+def test_a_vae_subclass_that_overrides_the_program_is_traced_and_a_declared_one_is_not(monkeypatch):
+    assert pv.VAE.component_program and not _OverridingVAE.component_program and _DeclaredVAE.component_program
+    torch.manual_seed(0)
+    parts = (pv.encoders.DiagNormalEncoder(X_DIM, LATENT, hidden=HIDDEN), pv.decoders.BernoulliDecoder(LATENT, X_DIM, hidden=HIDDEN))
+    over, declared = _OverridingVAE(*parts), _DeclaredVAE(*parts)
+    x = make_x()
+    assert program.plain_vae(over.model, over.guide) is None
+    assert program.plain_vae(declared.model, declared.guide) is declared
+    # the override is honoured: the loss is that of z -> 2z, equal on both "paths" (both trace)
+    assert_same(run(IWAE(3), over, x, fast=True), run(IWAE(3), over, x, fast=False))
+    assert not torch.allclose(run(IWAE(3), over, x, fast=True)[0], run(IWAE(3), declared, x, fast=True)[0])

@@ -166,3 +166,50 @@ def test_rows_independent_refuses_an_undeclared_forward_override():
     assert program.rows_independent(pv.nn.MLP(3, (4,), 2))
     assert not program.rows_independent(Mixing(3, (4,), 2))
     assert not program.rows_independent(nn.BatchNorm1d(3))
+
+
+def _cvae():
+    """A conditional VAE p(x | z, y), q(z | x, y): y is a per-datapoint argument besides x."""
+    torch.manual_seed(0)
+    dec = nn.Linear(2 + 3, X_DIM)
+    enc = nn.Linear(X_DIM + 3, 4)
+
+    def model(xs, ys):
+        with pyro.plate("data", xs.shape[0]):
+            z = pyro.sample("z", dist.Normal(xs.new_zeros(xs.shape[0], 2), 1.0).to_event(1))
+            h = torch.cat([z, ys.expand(z.shape[:-1] + ys.shape[-1:])], -1)
+            pyro.sample("x", dist.Bernoulli(logits=dec(h)).to_event(1), obs=xs)
+
+    def guide(xs, ys):
+        with pyro.plate("data", xs.shape[0]):
+            h = enc(torch.cat([xs, ys], -1))
+            pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
+
+    return model, guide
+
+
+def test_log_likelihood_slices_per_datapoint_arguments_in_every_chunk():
+    """Before: IndexError (the mask of shape [1, D] vs [N, D]) at any N: ys was passed whole."""
+    model, guide = _cvae()
+    g = torch.Generator().manual_seed(2)
+    xs = torch.bernoulli(torch.full((5, X_DIM), 0.4), generator=g)
+    ys = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 1, 0]), 3).float()
+    pyro.set_rng_seed(0)
+    ll = pv.log_likelihood(model, guide, xs, ys, num_samples=3000, memory_budget=4000).per_datapoint  # many chunks
+    ref = []
+    with torch.no_grad():  # independent reference: one datapoint at a time, Pyro's traces directly
+        for i in range(5):
+            lw = []
+            for _ in range(3000):
+                tg = pyro.poutine.trace(guide).get_trace(xs[i : i + 1], ys[i : i + 1])
+                tm = pyro.poutine.trace(pyro.poutine.replay(model, trace=tg)).get_trace(xs[i : i + 1], ys[i : i + 1])
+                lw.append(float(tm.log_prob_sum() - tg.log_prob_sum()))
+            ref.append(float(torch.logsumexp(torch.tensor(lw), 0)) - float(torch.log(torch.tensor(3000.0))))
+    torch.testing.assert_close(ll, torch.tensor(ref), atol=0.1, rtol=0)
+
+
+def test_named_per_datapoint_arguments_must_match_the_data():
+    model, guide = _cvae()
+    xs = torch.bernoulli(torch.full((5, X_DIM), 0.4))
+    with pytest.raises(ValueError, match="positional argument 0 after x.*length 4"):
+        pv.log_likelihood(model, guide, xs, torch.zeros(4, 3), num_samples=4, per_datapoint=[0])

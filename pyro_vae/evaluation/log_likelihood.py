@@ -17,14 +17,13 @@ still in cache when its log-density reads them. ``fast_path=False`` always trace
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
 from .. import _kernels
-from ..objectives.base import plain_vae
-from ..program import WeightAccumulator, from_vae, guess_max_plate_nesting, traced_particles
+from ..program import WeightAccumulator, data_args, from_vae, guess_max_plate_nesting, plain_vae, traced_particles
 from ..vae import DATA_PLATE
 
 #: Working-memory estimate per (sample, datapoint, feature): ~8 float32 temporaries
@@ -72,6 +71,7 @@ def log_likelihood(
     progress: bool = False,
     fast_path: bool = True,
     compile: bool = False,
+    per_datapoint: Sequence[int | str] | None = None,
     **kwargs: Any,
 ) -> LogLikelihood:
     """Estimate log p(x_i) for every row of ``x`` by importance sampling from the guide.
@@ -80,7 +80,9 @@ def log_likelihood(
         model, guide: a Pyro pair called as ``model(x_chunk, *args, **kwargs)`` whose sample
             sites all sit in ``pyro.plate(plate_name, len(x_chunk))`` (the first argument is the
             data; rows are datapoints). ``VAE.model`` / ``VAE.guide`` qualify, and so does any
-            hand-written pair of that shape.
+            hand-written pair of that shape, e.g. a conditional VAE ``model(xs, ys)``.
+            Arguments whose leading dimension is ``len(x)`` are per-datapoint: every chunk gets
+            their rows with the rows of x.
         x: data, shape ``(N, ...)``.
         num_samples: K, importance samples per datapoint.
         memory_budget: bytes the working set of one chunk may use (default 1 GiB); chunks over
@@ -92,6 +94,8 @@ def log_likelihood(
             one ``torch.compile`` kernel (compiling takes seconds to tens of seconds once per
             process and pays only for long evaluations; see ``docs/performance.md``). Falls back
             to the eager kernel, with one warning, if compilation fails.
+        per_datapoint: more per-datapoint arguments, by position in ``args`` (0 = the first
+            after x) or keyword name; each must have ``len(x)`` rows (else ``ValueError``).
 
     Returns:
         :class:`LogLikelihood` with per-datapoint estimates, mean, standard error and ESS.
@@ -127,13 +131,16 @@ def log_likelihood(
         and not _random_in_training(vae)
     ):
         return _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, progress, compile)
+    extra = data_args(n, args, kwargs, per_datapoint)
     if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *args), kwargs)
+        a1, k1 = extra.chunk(0, 1)
+        max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *a1), k1)
 
-    def traced_weights(xb: torch.Tensor, _state: None, k: int) -> torch.Tensor:
-        return traced_particles(model, guide, (xb, *args), kwargs, k, max_plate_nesting, plate_name).log_weights
+    def traced_weights(xb: torch.Tensor, chunk: tuple[tuple, dict], k: int) -> torch.Tensor:
+        a, kw = chunk
+        return traced_particles(model, guide, (xb, *a), kw, k, max_plate_nesting, plate_name).log_weights
 
-    return _accumulate(x, num_samples, points, samples, progress, lambda xb: None, traced_weights)
+    return _accumulate(x, num_samples, points, samples, progress, extra.chunk, traced_weights)
 
 
 def _random_in_training(vae) -> bool:
@@ -163,7 +170,8 @@ def _fast_log_likelihood(vae, x, num_samples, memory_budget, points, samples, pr
 
     # the encoder runs once per datapoint chunk
     with _kernels.compiled_bernoulli(compile):
-        return _accumulate(x, num_samples, points, samples, progress, vae.encoder, fast_weights)
+        return _accumulate(x, num_samples, points, samples, progress, lambda lo, hi: vae.encoder(x[lo:hi]),
+                           fast_weights)
 
 
 def _accumulate(
@@ -172,18 +180,18 @@ def _accumulate(
     points: int,
     samples: int,
     progress: bool,
-    prepare: Callable[[torch.Tensor], Any],
+    prepare: Callable[[int, int], Any],
     weights: Callable[[torch.Tensor, Any, int], torch.Tensor],
 ) -> LogLikelihood:
     """Per-datapoint log (1/K) Σ w and ESS over datapoint chunks of ``points`` rows and sample
-    chunks of ``samples`` draws; ``weights(x_chunk, prepare(x_chunk), k)`` gives ``(k, b)`` log weights."""
+    chunks of ``samples`` draws; ``weights(x[lo:hi], prepare(lo, hi), k)`` gives ``(k, b)`` log weights."""
     n = x.shape[0]
     acc = WeightAccumulator(n, num_samples, keep=0)
     chunks = [(i, min(i + points, n)) for i in range(0, n, points)]
     bar = tqdm(total=len(chunks) * math.ceil(num_samples / samples), desc="log-likelihood", disable=not progress, leave=False)
     for lo, hi in chunks:
         xb = x[lo:hi]
-        state = prepare(xb)
+        state = prepare(lo, hi)
         done = 0
         while done < num_samples:
             k = min(samples, num_samples - done)

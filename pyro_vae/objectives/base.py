@@ -8,9 +8,16 @@ from typing import Any, Callable, NamedTuple
 
 import pyro
 import torch
-from pyro.poutine.runtime import am_i_wrapped
 
-from ..program import Particles, ParticleTraces, from_traces, from_vae, guess_max_plate_nesting, particle_traces
+from ..program import (  # noqa: F401  (plain_vae: re-exported)
+    Particles,
+    ParticleTraces,
+    from_traces,
+    from_vae,
+    guess_max_plate_nesting,
+    particle_traces,
+    plain_vae,
+)
 from ..vae import DATA_PLATE
 
 
@@ -124,23 +131,6 @@ class Objective(pyro.infer.ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):  # pyro.infer.ELBO's abstract hook
         raise NotImplementedError("pyro_vae objectives trace through Objective.traces()")
-
-
-def plain_vae(model: Callable, guide: Callable) -> Any:
-    """The :class:`~pyro_vae.VAE` whose unmodified ``model``/``guide`` these are, outside any
-    Pyro handler; else ``None`` (then the program must be traced)."""
-    from ..vae import VAE
-
-    owner = getattr(model, "__self__", None)
-    if (
-        isinstance(owner, VAE)
-        and getattr(guide, "__self__", None) is owner
-        and getattr(model, "__func__", None) is VAE.model
-        and getattr(guide, "__func__", None) is VAE.guide
-        and not am_i_wrapped()
-    ):
-        return owner
-    return None
 
 
 def _vae_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, int | None] | None:

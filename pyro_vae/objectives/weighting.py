@@ -106,7 +106,7 @@ def _inner_beta(objective: Objective) -> float:
     for _ in range(16):
         if objective is None:
             break
-        beta *= float(getattr(objective, "last_beta", 1.0)) if isinstance(objective, _LatentScaled) else 1.0
+        beta *= float(getattr(objective, "last_beta", 1.0))
         objective = getattr(objective, "objective", None)
     return beta
 
