@@ -393,8 +393,11 @@ class Particles:
     # -- per-datapoint sums ------------------------------------------------------------------------
     def _full(self, t: torch.Tensor | None) -> torch.Tensor:
         K, B = self.num_particles, self.batch_size
-        if t is None:
-            return torch.zeros((K, B))
+        if t is None:  # no such site: zeros on the program's device and dtype
+            ref = next((s.log_prob for s in self.observed), None)
+            ref = ref if ref is not None else next((s.value for s in self.latents), torch.zeros(()))
+            dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+            return ref.new_zeros((K, B), dtype=dtype)
         return t.expand(K, B) if t.dim() == 2 else t.reshape(1, 1).expand(K, B)
 
     @cached_property
@@ -463,7 +466,7 @@ class Particles:
 
     def global_log_lik(self) -> torch.Tensor:
         """Σ over observed sites outside the data plate of scale · log p, averaged over particles."""
-        total = torch.zeros(())
+        total = self.log_lik.new_zeros(())
         for s in self.observed:
             if not s.in_plate:
                 total = total + (self.data_scale * s.scale * s.log_prob).sum() / self.num_particles

@@ -1,4 +1,8 @@
-"""Export a model/guide pair on data to an ArviZ ``InferenceData`` (built with ``az.from_dict``).
+"""Export a model/guide pair on data to the installed ArviZ's native object.
+
+ArviZ 0.x gets an ``arviz.InferenceData``, ArviZ 1.x (arviz-base / arviz-stats / arviz-plots,
+Python ≥ 3.12) an ``xarray.DataTree``; both hold the same groups. This module draws the samples
+with torch; the torch-free :mod:`._arviz_groups` turns the numpy arrays into the ArviZ object.
 
 Groups and dims (``obs`` indexes datapoints, ``latent`` the dims of ``z``, ``feature`` those of x):
 
@@ -23,7 +27,6 @@ than ``z`` and ``x`` get dims ``<site>_dim``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,8 @@ import torch
 
 from ..program import log_weights, particle_traces, site_log_prob
 from ..vae import DATA_PLATE
+from ._arviz_groups import build, importance_ess
+from ._arviz_groups import elpd_data as _elpd_data
 from ._common import (
     DEFAULT_MEMORY_BUDGET,
     SampleSizeWarning,
@@ -71,11 +76,13 @@ def to_inference_data(
     model_args: tuple = (),
     model_kwargs: dict | None = None,
 ):
-    """An :class:`arviz.InferenceData` of ``num_samples`` guide draws per datapoint of ``x``.
+    """``num_samples`` guide draws per datapoint of ``x`` as the installed ArviZ's native object.
 
-    Call as ``to_inference_data(vae, x)``, ``to_inference_data((model, guide), x)`` or
-    ``to_inference_data(model, guide, x)``. Works with ``az.summary``, ``az.plot_posterior``,
-    ``az.plot_ppc`` and — through :func:`elpd_data` — ``az.plot_khat``.
+    That is an ``arviz.InferenceData`` on ArviZ 0.x and an ``xarray.DataTree`` on ArviZ 1.x, with
+    the same groups either way. Call as ``to_inference_data(vae, x)``,
+    ``to_inference_data((model, guide), x)`` or ``to_inference_data(model, guide, x)``. Works
+    with ``az.summary``, ``az.loo``, ``az.compare``, ``az.plot_posterior`` (1.x: ``az.plot_dist``),
+    ``az.plot_ppc`` (1.x: ``az.plot_ppc_dist``) and, through :func:`elpd_data`, ``az.plot_khat``.
 
     Args:
         num_samples: draws per datapoint in all, split evenly into ``num_chains`` chains.
@@ -93,9 +100,6 @@ def to_inference_data(
         >>> dict(idata.posterior["z"].sizes)
         {'chain': 2, 'draw': 50, 'obs': 3, 'latent': 2}
     """
-    import arviz as az
-    import xarray as xr
-
     m, g, x = resolve(model, guide, x, "to_inference_data")
     num_samples = check_positive("num_samples", num_samples)
     num_chains = check_positive("num_chains", num_chains)
@@ -150,50 +154,36 @@ def to_inference_data(
                         np.float32)
     assert obs_name is not None
     dims[obs_name] = ["obs", _dim_name(obs_name, "observed")]
-    dims["log_weight"] = ["obs"]
-    ll_dims = {obs_name: ["obs"]}
-    lw = groups["sample_stats"]["log_weight"]
     draws = num_samples // num_chains
-
-    def chains(arr: np.ndarray) -> np.ndarray:
-        return arr.reshape(num_chains, draws, *arr.shape[1:])
-
-    observed = x.reshape(n, -1).detach().cpu().numpy()
-    data = {k: {name: chains(v) for name, v in vals.items()} for k, vals in groups.items() if vals}
-    for name, arr in data.get("posterior", {}).items():
-        coords.setdefault(dims[name][1], np.arange(arr.shape[-1]))
-    coords.setdefault(dims[obs_name][1], np.arange(observed.shape[1]))
-    all_dims = {**dims}
-    # log_likelihood has no feature dim: ArviZ takes dims per variable name, so pass it separately
-    idata = az.from_dict(
-        posterior=data.get("posterior"),
-        posterior_predictive=data.get("posterior_predictive"),
-        prior=data.get("prior"),
-        prior_predictive=data.get("prior_predictive"),
-        sample_stats=data.get("sample_stats"),
-        observed_data={obs_name: observed},
-        coords=coords,
-        dims=all_dims,
-        attrs={"inference_library": "pyro_vae",
-               "posterior_kind": "independent draws from the amortized guide q(z|x); reweight with "
-                                 "sample_stats.log_weight"},
-    )
-    ll = az.from_dict(log_likelihood={obs_name: chains(groups["log_likelihood"][obs_name])}, coords=coords,
-                      dims=ll_dims)
-    idata.add_groups({"log_likelihood": ll.log_likelihood})
-    lw_t = torch.as_tensor(lw)
-    ess = torch.exp(2 * torch.logsumexp(lw_t, 0) - torch.logsumexp(2 * lw_t, 0))
-    idata.sample_stats["ess"] = xr.DataArray(ess.numpy(), dims=["obs"], coords={"obs": coords["obs"]})
+    data: dict[str, dict[str, np.ndarray]] = {}
+    data_dims: dict[str, dict[str, list[str]]] = {}
+    for group, vals in groups.items():
+        if vals:  # the log-likelihood and the weights are one number per draw and datapoint
+            data[group] = {name: v.reshape(num_chains, draws, *v.shape[1:]) for name, v in vals.items()}
+            data_dims[group] = {name: ["chain", "draw", *(["obs"] if group in ("log_likelihood", "sample_stats")
+                                                           else dims[name])] for name in vals}
+    data["observed_data"] = {obs_name: x.reshape(n, -1).detach().cpu().numpy()}
+    data_dims["observed_data"] = {obs_name: dims[obs_name]}
+    lw = groups["sample_stats"]["log_weight"]
+    data["sample_stats"]["ess"] = importance_ess(lw)
+    data_dims["sample_stats"]["ess"] = ["obs"]
     if num_samples >= MIN_SAMPLES:
-        khat = pareto_khat(lw_t)
-        idata.sample_stats["khat"] = xr.DataArray(khat.numpy(), dims=["obs"], coords={"obs": coords["obs"]})
+        data["sample_stats"]["khat"] = pareto_khat(torch.as_tensor(lw)).numpy()
+        data_dims["sample_stats"]["khat"] = ["obs"]
     else:
         warn(
             f"to_inference_data: {num_samples} draws per datapoint are too few for k̂ (at least {MIN_SAMPLES}); "
             "sample_stats has no khat",
             SampleSizeWarning,
         )
-    return idata
+    return build(
+        data,
+        data_dims,
+        coords,
+        attrs={"inference_library": "pyro_vae",
+               "posterior_kind": "independent draws from the amortized guide q(z|x); reweight with "
+                                 "sample_stats.log_weight"},
+    )
 
 
 def _pick_observed(trace: Any, xb: torch.Tensor, plate_name: str) -> str:
@@ -205,11 +195,13 @@ def _pick_observed(trace: Any, xb: torch.Tensor, plate_name: str) -> str:
 
 
 def elpd_data(idata: Any):
-    """An ArviZ ``ELPDData`` from :func:`to_inference_data` output, for ``az.plot_khat``.
+    """The installed ArviZ's ``ELPDData`` from :func:`to_inference_data` output, for ``az.plot_khat``.
 
-    ``elpd_loo`` holds Σ_i log p̂(x_i), the importance-sampled log-likelihood of the exported
-    datapoints (an expected log predictive density when they are held out), ``pareto_k`` the
-    per-datapoint k̂ and ``good_k`` the sample-size-dependent threshold min(1 − 1/log10 S, 0.7).
+    ``elpd_loo`` (1.x: ``elpd``) holds Σ_i log p̂(x_i), the importance-sampled log-likelihood of
+    the exported datapoints (an expected log predictive density when they are held out),
+    ``pareto_k`` the per-datapoint k̂ and ``good_k`` the sample-size-dependent threshold
+    min(1 − 1/log10 S, 0.7). On ArviZ 0.x it is ``arviz.stats.stats_utils.ELPDData``, on 1.x
+    ``arviz_stats.ELPDDataLOO``; both feed ``az.plot_khat`` and ``az.compare``.
 
     Example:
         >>> from pyro_vae.testing import LinearGaussian
@@ -218,25 +210,7 @@ def elpd_data(idata: Any):
         >>> elpd_data(idata)["pareto_k"].dims
         ('obs',)
     """
-    from arviz.stats.stats_utils import ELPDData
-
-    stats = idata.sample_stats
-    if "khat" not in stats or "log_weight" not in stats:
-        raise ValueError("idata.sample_stats needs khat and log_weight; build it with to_inference_data")
-    lw = stats["log_weight"].stack(sample=("chain", "draw")).transpose("sample", ...)
-    s = lw.sizes["sample"]
-    vals = torch.as_tensor(lw.values)
-    ll_i = torch.logsumexp(vals, 0) - math.log(s)
-    n = ll_i.numel()
-    ll = stats["khat"].copy(data=ll_i.numpy()).rename("loo_i")
-    khat = stats["khat"].rename("pareto_shape")
-    threshold = khat_threshold(s)
-    se = float(ll_i.std() * math.sqrt(n)) if n > 1 else 0.0
-    return ELPDData(
-        data=[float(ll_i.sum()), se, 0.0, s, n, bool((khat > threshold).any()), ll, khat, "log", threshold],
-        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k", "scale",
-               "good_k"],
-    )
+    return _elpd_data(idata, khat_threshold)
 
 
 __all__ = ["to_inference_data", "elpd_data"]

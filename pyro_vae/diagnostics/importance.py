@@ -293,21 +293,10 @@ class ImportanceDiagnostics:
         datapoints, importance sampled — an expected log predictive density of held-out data
         when x is a test set. ``p_loo`` has no meaning here and is 0.
         """
-        import numpy as np
-        import xarray as xr
-        from arviz.stats.stats_utils import ELPDData
+        from ._arviz_groups import make_elpd_data  # ArviZ 0.x ELPDData or 1.x ELPDDataLOO
 
-        coords = {"obs": np.arange(self.num_data) if obs_coords is None else np.asarray(obs_coords)}
-        k = xr.DataArray(self.khat.numpy(), dims=["obs"], coords=coords, name="pareto_shape")
-        ll = xr.DataArray(self.log_likelihood.numpy(), dims=["obs"], coords=coords, name="loo_i")
-        n = self.num_data
-        se = float(self.log_likelihood.std() * math.sqrt(n)) if n > 1 else 0.0
-        return ELPDData(
-            data=[float(self.log_likelihood.sum()), se, 0.0, self.num_samples, n,
-                  bool((self.khat > self.threshold).any()), ll, k, "log", self.threshold],
-            index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k",
-                   "scale", "good_k"],
-        )
+        return make_elpd_data(self.log_likelihood.numpy(), self.khat.numpy(), n_samples=self.num_samples,
+                              good_k=self.threshold, obs_coords=obs_coords)
 
     def summary(self) -> str:
         c, s = self.counts, self.shares
