@@ -7,6 +7,8 @@ resolved configuration is saved as ``config.toml`` in every run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 import types
 import typing
@@ -67,7 +69,8 @@ class Config:
     grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = no clipping
     patience: int = 0  # early stopping after this many epochs without validation gain; 0 = off
     seed: int = 0  # seeds Pyro, torch and the data order
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps (must exist on this machine)
+    threads: int = 1  # CPU threads for training and evaluation (torch.set_num_threads); 0 = torch's default
     # ---- scaling: any non-default value here trains with Lightning (pip install 'pyro_vae[scale]') ----
     accelerator: str = ""  # "" = as `device` says; or auto | cpu | gpu (trains with Lightning)
     devices: int = 1  # processes (devices) per node; batch_size is per process
@@ -99,6 +102,19 @@ class Config:
         choice("objective", registry.OBJECTIVES)
         choice("optimizer", ("adam", "adamw", "sgd"))
         choice("lr_schedule", ("none", "cosine", "step", "plateau"))
+        for f in fields(self):  # NaN passes every `< 0` check below: finiteness first
+            value = getattr(self, f.name)
+            if _TYPES[f.name] is float and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}; {_FLOAT_FIX}")
+        if self.lr > _FLOAT32_MAX:
+            raise ConfigError(f"lr = {self.lr} overflows the float32 optimizer state (max {_FLOAT32_MAX:.3g}); "
+                              "pass a learning rate such as --lr 1e-3")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must lie in [0, 2**32), got {self.seed}; pass --seed 0 .. {2**32 - 1}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 1 (or 0 for torch's default), got {self.threads}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device = {self.device!r} is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
         positive = ("latent_dim", "encoder_rank", "num_flows", "prior_components", "num_particles", "num_outer", "epochs",
                     "batch_size", "eval_samples", "eval_memory_mb")
         for key in positive:
@@ -176,6 +192,49 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT_FIX = "NaN and infinity are never valid (e.g. --lr 1e-3)"
+
+#: keys a resumed run (``--resume``) may change: they say how long to train, when to stop, where and how fast
+#: to compute, and how to evaluate, never what is trained (the stored config.toml is the truth for the rest)
+RESUMABLE_KEYS = ("epochs", "patience", "eval_samples", "eval_memory_mb", "threads", "device", "data_root",
+                  "download", "run_dir", "accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have (:class:`ConfigError` naming ``device`` and the fix)."""
+    import torch
+
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n:
+            have = f"this machine has {n} CUDA device(s)" if n else "CUDA is not available on this machine"
+            raise ConfigError(f"device = {device!r} does not exist ({have}); use --device cpu"
+                              + (f" or --device cuda:0 .. cuda:{n - 1}" if n else ""))
+    elif device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device = 'mps' does not exist (no Apple GPU available); use --device cpu")
+
+
+def resume_changes(stored: "Config", config: "Config") -> dict[str, Any]:
+    """The keys in which ``config`` differs from the ``stored`` config of a run being resumed.
+
+    Raises:
+        ConfigError: a key outside :data:`RESUMABLE_KEYS` differs (the message names it and the keys that may change).
+    """
+    changed = {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != getattr(stored, f.name)}
+    fixed = [k for k in changed if k not in RESUMABLE_KEYS]
+    if fixed:
+        shown = ", ".join(f"{k} ({getattr(stored, k)!r} -> {changed[k]!r})" for k in fixed)
+        raise ConfigError(
+            f"--resume continues the stored configuration, which cannot change {shown}; only "
+            f"{', '.join(k for k in RESUMABLE_KEYS if k != 'run_dir')} may. Drop those flags, or start a new run "
+            "(--overwrite or another --run-dir)"
+        )
+    return changed
+
+
 #: the strategies the scaling keys accept (data parallel: every process holds every parameter)
 SCALING_STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true")
 #: keys that say how to launch training, not what to train: a resumed run takes them from the new command
@@ -227,28 +286,33 @@ def coerce_scalar(key: str, t: type, value: Any) -> Any:
     return value
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The keys of a config TOML file, type-checked (not yet validated as a whole)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p} is not valid TOML: {e}") from e
+    values: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            raise ConfigError(f"{p}: tables ([{k}]) are not used; write keys at the top level")
+        values[k] = coerce(k, v)
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file at ``path``, then ``overrides``; validated.
 
     Raises:
         ConfigError: unreadable TOML, unknown keys, wrong types or invalid values.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p} is not valid TOML: {e}") from e
-        for k, v in raw.items():
-            if isinstance(v, dict):
-                raise ConfigError(f"{p}: tables ([{k}]) are not used; write keys at the top level")
-            values[k] = coerce(k, v)
+    values: dict[str, Any] = read_toml(path) if path is not None else {}
     for k, v in (overrides or {}).items():
         values[k] = coerce(k, v)
     return Config(**values).validate()
 
 
-__all__ = ["Config", "ConfigError", "load_config", "coerce", "uses_lightning", "SCALING_KEYS", "SCALING_STRATEGIES"]
+__all__ = ["Config", "ConfigError", "load_config", "read_toml", "check_device", "resume_changes", "RESUMABLE_KEYS", "coerce", "uses_lightning", "SCALING_KEYS", "SCALING_STRATEGIES"]

@@ -169,3 +169,54 @@ def test_no_library_module_imports_the_cli():
         if bad:
             offenders.append(f"{rel}: {', '.join(bad)}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"lr": 1e300}, "lr = 1e.300 overflows"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
+        ({"grad_clip": float("nan")}, "grad_clip must be a finite number"),
+        ({"free_bits": float("nan")}, "free_bits must be a finite number"),
+        ({"kl_beta": float("-inf")}, "kl_beta must be a finite number"),
+        ({"seed": -1}, r"seed must lie in \[0, 2\*\*32\)"),
+        ({"seed": 2**32}, r"seed must lie in \[0, 2\*\*32\)"),
+        ({"threads": -2}, "threads must be >= 1"),
+        ({"device": "gpu"}, "device = 'gpu' is not a device name"),
+        ({"device": "cuda:x"}, "not a device name"),
+    ],
+)
+def test_every_float_finite_seeds_in_range_devices_named(overrides, match):
+    """NaN passes every `< 0` check, so finiteness is checked first, for every float key."""
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_absent_devices_are_refused_naming_the_fix():
+    import torch
+
+    from pyro_vae.config import check_device
+
+    check_device("cpu")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match=f"device = 'cuda:{n}' does not exist.*--device cpu"):
+        check_device(f"cuda:{n}")
+
+
+def test_resume_may_change_only_the_resumable_keys():
+    from pyro_vae.config import RESUMABLE_KEYS, resume_changes
+
+    stored = load_config(None, {"epochs": 2})
+    assert resume_changes(stored, load_config(None, {"epochs": 2})) == {}
+    assert resume_changes(stored, load_config(None, {"epochs": 5, "threads": 2})) == {"epochs": 5, "threads": 2}
+    with pytest.raises(ConfigError, match=r"cannot change latent_dim \(50 -> 4\).*only epochs, patience"):
+        resume_changes(stored, load_config(None, {"epochs": 2, "latent_dim": 4}))
+    assert {"epochs", "patience", "threads"} <= set(RESUMABLE_KEYS) and "lr" not in RESUMABLE_KEYS
+
+
+def test_old_config_files_without_threads_still_load(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("\n".join(line for line in Config().to_toml().splitlines() if not line.startswith("threads")))
+    assert load_config(p).threads == Config().threads == 1

@@ -305,3 +305,48 @@ def test_the_checkpoint_dictionary_keeps_its_format(tmp_path, grey):
                           "best_epoch", "best_val", "epochs_since_best", "stopped_early", "kl_sites", "config"}
     assert set(state["rng"]) == {"torch", "data"}
     assert set(load_checkpoint(tmp_path / "r" / "best.pt")) == {"format", "version", "epoch", "model", "config"}
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"lr": float("inf")}, "lr must be a positive finite"),
+    ({"lr": float("nan")}, "lr must be a positive finite"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite"),
+    ({"grad_clip": float("nan")}, "grad_clip must be a positive finite"),
+    ({"grad_clip": float("inf")}, "grad_clip must be a positive finite"),
+    ({"resume": True, "overwrite": True}, "contradict"),
+])
+def test_non_finite_and_contradictory_arguments_are_refused_before_writing(tmp_path, grey, kw, match):
+    train, val = grey
+    with pytest.raises(ValueError, match=match):
+        pv.fit(tiny_vae(), train=train, val=val, epochs=1, dynamic_binarization=True, progress=False,
+               run_dir=tmp_path / "run", **kw)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_step_stops_at_non_finite_weights():
+    x = torch.bernoulli(torch.full((8, 20), 0.5))
+    vae = tiny_vae()
+    params = collect_parameters(vae.model, vae.guide, (x,), {"num_data": 8})
+    opt = torch.optim.SGD(params, lr=1.0)
+    params[0].register_hook(lambda g: g * float("inf"))
+    loss_fn = lambda *a, **k: pv.objectives.ELBO().differentiable_loss(vae.model, vae.guide, *a, **k)  # noqa: E731
+    with pytest.raises(FloatingPointError, match="weights became nan.*lower the learning rate"):
+        train_step(loss_fn, params, opt, (x,), {"num_data": 8}, 8)
+
+
+def test_the_run_lock_is_reentrant_and_excludes_other_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from pyro_vae.train.state import LOCK, RunInUseError, run_lock
+
+    run = tmp_path / "run"
+    with run_lock(run), run_lock(run):  # fit under train_run takes it twice
+        assert (run / LOCK).read_text().strip() == str(os.getpid())
+        code = ("import sys; from pyro_vae.train.state import run_lock, RunInUseError\n"
+                f"try:\n    run_lock({str(run)!r}).__enter__()\nexcept RunInUseError as e:\n    print(e); sys.exit(3)")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 3 and f"PID {os.getpid()}" in res.stdout
+    with run_lock(run):  # released
+        pass
+    assert RunInUseError.__mro__[1] is RuntimeError

@@ -2,21 +2,29 @@
 ``compare``.
 
 Every config key is also a flag (``latent_dim`` -> ``--latent-dim``); flags override the
-``--config`` TOML file, which overrides the defaults. Errors in input are reported in one line
-with the fix and exit code 2, before anything is trained or written.
+``--config`` TOML file, which overrides the defaults. With ``--resume`` the run's stored
+``config.toml`` is the truth and only the keys named on the command line change (and only the
+safe ones, :data:`pyro_vae.config.RESUMABLE_KEYS`).
+
+Errors are reported in one line, with the fix: exit code 2 for a mistake in the command or its
+input (refused before anything is trained or written, the run directory untouched), 1 for a
+failure while running (disk full, divergence), 130 for Ctrl-C (with the command that continues
+the run). ``--debug`` or ``PYRO_VAE_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import Config, ConfigError, load_config
+from ..config import SCALING_KEYS, Config, ConfigError, load_config, read_toml
 
 _TYPES = typing.get_type_hints(Config)
 
@@ -48,12 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-vae",
         description="Variational autoencoders as Pyro programs: train, evaluate, sample, reconstruct.",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: environment variable PYRO_VAE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a VAE (default: the embedded MNIST digits) and write a run directory")
     t.add_argument("--config", type=Path, help="TOML file of config overrides")
-    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last checkpoint, with its stored config.toml; only "
+                        "keys named here change, and only epochs, patience, eval_samples, eval_memory_mb, threads, "
+                        "device, data_root, download and the scaling keys may")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --run-dir (all of it), once every check has passed")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     _add_config_flags(t)
@@ -61,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score a trained run on its test split")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--samples", type=int, default=None, help="importance samples per datapoint (default: the run's)")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: the run's threads)")
     e.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="draw samples from a trained run's prior and decoder into a PNG grid")
@@ -82,9 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
-    from .run import train_run
+    from ..runs import CONFIG
+    from .run import RESUME_OVERWRITE, train_run
 
-    config = load_config(ns.config, _overrides(ns))
+    if ns.resume and ns.overwrite:
+        raise ConfigError(RESUME_OVERWRITE)
+    named = _overrides(ns)
+    config = load_config(ns.config, named)  # every value checked, also those a resumed run will not use
+    ns.run_dir = config.run_dir
+    stored = Path(config.run_dir) / CONFIG
+    if ns.resume and stored.is_file():
+        # the stored config is the truth; the keys named here (flags, --config) are the changes asked for, and how
+        # to launch (the scaling keys) comes from this command (docs/scaling.md)
+        named = {**(read_toml(ns.config) if ns.config else {}), **named}
+        launch = {k: getattr(config, k) for k in SCALING_KEYS}
+        config = load_config(stored, {**named, **launch, "run_dir": config.run_dir})
     train_run(config, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.no_progress, figures=not ns.no_figures)
     return 0
 
@@ -97,10 +127,15 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
     from ..train.fit import evaluate_bound
     from ..runs import Run, eval_data
 
+    from .run import set_threads
+
+    if ns.samples is not None and ns.samples < 1:
+        raise ConfigError(f"--samples must be >= 1 (importance samples per datapoint), got {ns.samples}")
+    if ns.threads is not None and ns.threads < 0:
+        raise ConfigError(f"--threads must be >= 1 (or 0 for torch's default), got {ns.threads}")
     config, data, vae = Run.load(ns.run_dir)
-    k = ns.samples or config.eval_samples
-    if k < 1:
-        raise ConfigError(f"--samples must be >= 1, got {k}")
+    set_threads(ns.threads if ns.threads is not None else config.threads)
+    k = ns.samples if ns.samples is not None else config.eval_samples
     test = eval_data(data, config)
     torch.manual_seed(config.seed + 7)
     elbo = evaluate_bound(vae.model, vae.guide, test)
@@ -121,6 +156,8 @@ def _cmd_sample(ns: argparse.Namespace) -> int:
 
     if ns.num < 1:
         raise ConfigError(f"--num must be >= 1, got {ns.num}")
+    if not 0 <= ns.seed < 2**32:
+        raise ConfigError(f"--seed must lie in [0, 2**32), got {ns.seed}")
     config, data, vae = Run.load(ns.run_dir)
     if data.image_shape is None:
         raise ConfigError("sample draws image grids; this run's data are not images")
@@ -154,21 +191,67 @@ _COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_samp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pyro-vae`` console script."""
+    """Entry point of the ``pyro-vae`` console script (exit codes: module docstring)."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
         return 2
-    from ..data import DataError
-    from ..train import CheckpointError
-
+    debug = ns.debug or os.environ.get("PYRO_VAE_DEBUG", "") not in ("", "0")
     try:
         command = _COMMANDS.get(ns.command) or ns.func
         return command(ns)
-    except (ConfigError, DataError, CheckpointError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"pyro-vae {ns.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:
+        if debug or isinstance(e, SystemExit):
+            raise
+        code, message = _explain(e, ns)
+        if code is None:
+            raise
+        print(f"pyro-vae {ns.command}: {message}", file=sys.stderr)
+        return code
+
+
+#: errnos that mean the command cannot write where it was pointed (exit code 2: fix the command)
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+def _resume_hint(ns: argparse.Namespace) -> str:
+    run_dir = getattr(ns, "run_dir", None)
+    if ns.command != "train" or run_dir is None:
+        return ""
+    from ..train.fit import CHECKPOINT
+
+    if not (Path(run_dir) / CHECKPOINT).exists():
+        return ""
+    return f"; the last checkpoint is intact: continue with `pyro-vae train --resume --run-dir {run_dir}`"
+
+
+def _explain(e: BaseException, ns: argparse.Namespace) -> tuple[int | None, str]:
+    """``(exit code, one-line message)`` for an error a user can act on; ``(None, "")`` for a bug (traceback)."""
+    from ..data import DataError
+    from ..train import CheckpointError
+    from ..train.state import RunInUseError
+
+    def line(text: object) -> str:
+        return " ".join(str(text).split())
+
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "interrupted" + (_resume_hint(ns) or "")
+    if isinstance(e, (ConfigError, DataError, CheckpointError, RunInUseError, FileExistsError, NotADirectoryError)):
+        return 2, f"error: {line(e)}"
+    if isinstance(e, FloatingPointError):
+        return 1, f"error: {line(e)}"
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f"{e.filename}: " if e.filename else ""
+        what = f"error: cannot write or read {where}{e.strerror or line(e)}"
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return 1, what + "; free some space" + (_resume_hint(ns) or "")
+        if e.errno in _USER_ERRNOS:
+            return 2, what + "; check the path and its permissions (the run directory must be writable)"
+        return 1, what + (_resume_hint(ns) or "")
+    if isinstance(e, FileNotFoundError):
+        return 2, f"error: {line(e)}"
+    return None, ""
 
 
 if __name__ == "__main__":  # pragma: no cover

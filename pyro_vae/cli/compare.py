@@ -29,7 +29,7 @@ from ..config import Config, ConfigError, load_config
 _TYPES = typing.get_type_hints(Config)
 #: config keys that are not flags of ``compare``: set per run, or meaningless here
 _EXCLUDED = ("objective", "run_dir", "num_particles", "patience", "accelerator", "devices", "num_nodes", "strategy",
-             "precision")
+             "precision", "threads")  # threads: compare's own --threads
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -134,9 +134,14 @@ def diagnose_run(
     from ..train import atomic_write_text
     from ..runs import Run, eval_data
 
+    from .run import set_threads
+
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must lie in [0, 2**32), got {seed}")
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     config, data, vae = Run.load(run_dir)
+    set_threads(config.threads)
     out = run_dir / OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     x = eval_data(data, config)[:num_points].to(config.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -20,12 +21,14 @@ from typing import Any
 import torch
 
 from ..build import build_objective, build_vae
-from ..config import SCALING_KEYS, Config, ConfigError, load_config, uses_lightning
+from ..config import Config, ConfigError, check_device, load_config, resume_changes, uses_lightning
 from ..data import DataSplits
 from ..evaluation import bits_per_dim, log_likelihood
 from ..runs import CONFIG, MODEL, REPORT, SUMMARY, Run, load_data
 from ..runs import eval_data as _eval_data
-from ..train import atomic_write_text, fit, save_checkpoint
+from ..train import atomic_write_text, fit, load_checkpoint, save_checkpoint
+from ..train.checkpoint import TEMP_SUFFIX, fsync_dir
+from ..train.state import LOCK, clean_temp_files, run_lock
 from ..train.fit import CHECKPOINT, evaluate_bound
 from ..vae import VAE
 
@@ -51,9 +54,16 @@ class RunSummary:
         return dict(self.__dict__)
 
 
-def prepare(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[DataSplits, VAE]:
-    """Load data and build the model, with every check that can fail done before writing."""
-    run_dir = Path(config.run_dir)
+RESUME_OVERWRITE = ("--resume and --overwrite contradict each other: --resume continues the run in run_dir, "
+                    "--overwrite replaces it; pass one of them")
+
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """What ``resume`` / ``overwrite`` need from the directory (run before anything is written, and again under the lock)."""
+    if resume and overwrite:
+        raise ConfigError(RESUME_OVERWRITE)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run_dir {run_dir} exists and is not a directory; choose another --run-dir")
     if not resume and not overwrite and (run_dir / CHECKPOINT).exists():
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
@@ -61,13 +71,62 @@ def prepare(config: Config, resume: bool = False, overwrite: bool = False) -> tu
         )
     if resume and not (run_dir / CHECKPOINT).exists():
         raise FileNotFoundError(f"--resume given but {run_dir / CHECKPOINT} does not exist; drop --resume to start fresh")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"run_dir {run_dir} exists and is not a directory; choose another --run-dir")
+
+
+def check_launch(config: Config) -> None:
+    """Refuse devices this machine does not have (``device``, and ``accelerator = 'gpu'``) before anything is written."""
+    check_device(config.device)
+    if config.accelerator in ("gpu", "cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError("accelerator = 'gpu' but CUDA is not available on this machine; use --accelerator cpu")
+        if config.devices > n:
+            raise ConfigError(f"devices = {config.devices} but this machine has {n} GPU(s); pass --devices {n} or fewer")
+
+
+def prepare(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[DataSplits, VAE]:
+    """Load data and build the model, with every check that can fail done before writing."""
+    run_dir = Path(config.run_dir)
+    _check_run_dir(run_dir, resume, overwrite)
+    check_launch(config)
+    if resume:  # a damaged checkpoint is refused now, before config.toml is rewritten
+        load_checkpoint(run_dir / CHECKPOINT)
     data = load_data(config)
     vae = build_vae(config, data.x_dim, data.image_shape, data.train)
     probe = (data.train > 0.5).float() if config.binarize == "dynamic" else data.train
     vae.decoder.check_data(probe, f"{data.name} training data")
     return data, vae
+
+
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)`` (0: leave torch's default)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Everything of the run in ``run_dir`` (checkpoints, metrics, figures, evaluation.json, diagnostics, ...),
+    the lock file aside. Called only once every check has passed, under the lock."""
+    for p in run_dir.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    fsync_dir(run_dir)
+
+
+def _probe_writable(run_dir: Path) -> None:
+    """Fail now, with the old run untouched, if ``run_dir`` cannot take new files (read-only, permissions, full)."""
+    probe = run_dir / f".write-probe.{os.getpid()}{TEMP_SUFFIX}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def train_run(
@@ -81,36 +140,55 @@ def train_run(
 ) -> RunSummary | None:
     """Train, evaluate and report one run into ``config.run_dir``.
 
+    Every check that can fail (the configuration, the devices, the data, the model, the run
+    directory's state and whether it can be written) runs before anything is written or
+    deleted; then the directory is locked (:func:`pyro_vae.train.state.run_lock`: a second
+    training on it stops, naming this process's PID), temp files of an interrupted write are
+    removed, and with ``overwrite`` everything of the old run is removed.
+
+    With ``resume`` the run's stored ``config.toml`` is the truth: ``config`` may differ from it
+    only in :data:`pyro_vae.config.RESUMABLE_KEYS` (else :class:`ConfigError`); ``config.toml`` is
+    rewritten only when one of them changed.
+
     Any scaling key away from its default (``accelerator``, ``devices > 1``, ``num_nodes > 1``,
     ``strategy``, ``precision``) trains with Lightning (:func:`pyro_vae.train.lightning.fit_distributed`)
     into the same run directory. Under a multi-process launch every process calls this function;
     only rank 0 writes, evaluates and returns the summary (the other processes return ``None``).
     """
-    if resume:  # the stored config is the truth for a resumed run; how to launch comes from this command
-        stored = Path(config.run_dir) / CONFIG
-        if stored.exists():
-            launch = {k: getattr(config, k) for k in SCALING_KEYS}
-            config = load_config(stored, {"run_dir": config.run_dir, "epochs": config.epochs, **launch})
+    run_dir = Path(config.run_dir)
+    if resume and overwrite:
+        raise ConfigError(RESUME_OVERWRITE)
+    changes: dict[str, Any] = {}
+    if resume and (run_dir / CONFIG).is_file():
+        stored = load_config(run_dir / CONFIG, {"run_dir": config.run_dir})
+        changes = resume_changes(stored, config)
+    set_threads(config.threads)
     distributed = uses_lightning(config)
     if distributed:
         try:
-            from ..train.lightning import fit_distributed, process_rank
+            from ..train.lightning import process_rank  # ImportError without Lightning
         except ImportError as e:
             raise ConfigError(f"{e}; or drop the scaling flags (--devices, --accelerator, ...) to train in one process") from e
         rank = process_rank(config.devices)
     else:
         rank = 0
     data, vae = prepare(config, resume=resume, overwrite=overwrite)
-    run_dir = Path(config.run_dir)
     if rank != 0:
-        log = _silent
-    elif overwrite and run_dir.exists():
-        for name in (CHECKPOINT, "best.pt", MODEL, "metrics.csv", SUMMARY, REPORT):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG, config.to_toml())
+        return _train(config, data, vae, resume, overwrite, progress, figures, _silent, rank, distributed)
+    with run_lock(run_dir):
+        _check_run_dir(run_dir, resume, overwrite)  # again, now that no other process can change it
+        clean_temp_files(run_dir)
+        _probe_writable(run_dir)
+        if overwrite:
+            _clear_run(run_dir)
+        if not resume or set(changes) - {"run_dir"} or not (run_dir / CONFIG).is_file():
+            atomic_write_text(run_dir / CONFIG, config.to_toml())
+        return _train(config, data, vae, resume, overwrite, progress, figures, log, rank, distributed)
+
+
+def _train(config: Config, data: DataSplits, vae: VAE, resume: bool, overwrite: bool, progress: bool, figures: bool,
+           log: Any, rank: int, distributed: bool) -> RunSummary | None:
+    run_dir = Path(config.run_dir)
     log(f"data: {data.describe()}")
     log(f"model: encoder={config.encoder} decoder={config.decoder} prior={config.prior} latent_dim={config.latent_dim} "
         f"hidden={config.hidden} objective={config.objective} (K={config.num_particles})")
@@ -136,6 +214,8 @@ def train_run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # MC-KL fallback: reported through kl_sites below
         if distributed:
+            from ..train.lightning import fit_distributed
+
             log(f"training with Lightning: accelerator={_accelerator(config)} devices={config.devices} "
                 f"num_nodes={config.num_nodes} strategy={config.strategy} precision={config.precision} "
                 f"(batch {config.batch_size} per process)")
@@ -298,4 +378,4 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
     return Run.load(run_dir, device)
 
 
-__all__ = ["train_run", "load_run", "evaluate_run", "RunSummary", "prepare", "load_data"]
+__all__ = ["train_run", "load_run", "evaluate_run", "RunSummary", "prepare", "load_data", "check_launch", "set_threads"]

@@ -281,6 +281,38 @@ def _as_tensor(x: Any, *, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def as_data(x: torch.Tensor | np.ndarray, dtype: torch.dtype | None = None, *, name: str = "data") -> torch.Tensor:
+    """``x`` as a floating tensor a model can score: what :func:`pyro_vae.fit` and
+    :func:`pyro_vae.log_likelihood` do with their data.
+
+    numpy arrays become tensors; bool and integer data (0/1 pixels, counts, uint8 images) become
+    ``dtype`` (default: torch's default dtype, float32), their values unchanged; floating data
+    become ``dtype`` when it is given (a float32 model scores float64 data in float32). Complex,
+    string and object data are refused (:class:`DataError` with the fix). Shapes are not checked here.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> as_data(np.array([[0, 1], [1, 1]], dtype=np.uint8)).dtype
+    torch.float32
+    """
+    if not isinstance(x, torch.Tensor):
+        if not isinstance(x, np.ndarray):
+            raise DataError(
+                f"{name} must be a torch.Tensor or numpy.ndarray but got {_describe_object(x)}; "
+                f"convert it with torch.as_tensor(...) or np.asarray(...)"
+            )
+        x = _as_tensor(x, name=name)
+    if x.is_complex() or x.dtype in (torch.quint8, torch.qint8, torch.qint32):
+        raise DataError(
+            f"{name} has dtype {x.dtype} which cannot be converted to real-valued data; "
+            f"pass real-valued data (e.g. x.abs() or x.real for complex input)"
+        )
+    if not x.is_floating_point():
+        return x.to(dtype or torch.get_default_dtype())
+    return x.to(dtype) if dtype is not None and x.dtype != dtype else x
+
+
 def validate_array(x: torch.Tensor | np.ndarray, *, name: str = "data", x_dim: int | None = None) -> None:
     """Check that ``x`` is usable as a ``(N, D)`` data matrix; raise :class:`DataError` if not.
 

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
 from .. import _kernels
+from ..data import as_data
 from ..program import WeightAccumulator, data_args, from_vae, guess_max_plate_nesting, plain_vae, traced_particles
 from ..vae import DATA_PLATE
 
@@ -83,7 +84,9 @@ def log_likelihood(
             hand-written pair of that shape, e.g. a conditional VAE ``model(xs, ys)``.
             Arguments whose leading dimension is ``len(x)`` are per-datapoint: every chunk gets
             their rows with the rows of x.
-        x: data, shape ``(N, ...)``.
+        x: data, shape ``(N, ...)``: a tensor or numpy array of any real dtype (bool and integer data
+            are converted to floating, :func:`pyro_vae.data.as_data`; for a plain VAE to its parameter
+            dtype, and its width and the decoder's support are checked as :func:`pyro_vae.fit` does).
         num_samples: K, importance samples per datapoint.
         memory_budget: bytes the working set of one chunk may use (default 1 GiB); chunks over
             datapoints and samples are sized from it (see :func:`plan_chunks`).
@@ -111,6 +114,12 @@ def log_likelihood(
     References:
         Burda, Grosse, Salakhutdinov (2016). Importance weighted autoencoders. ICLR.
     """
+    # ---- argument checks, before any work: the data as fit() takes and checks them --------------
+    checked = plain_vae(model, guide)
+    x = as_data(x, next((p.dtype for p in checked.parameters() if p.is_floating_point()), None)
+                if checked is not None else None, name="x")
+    if checked is not None:  # shape (N, x_dim), finite values, the likelihood's support: as fit does
+        checked.decoder.check_data(x, "x")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if x.shape[0] == 0:

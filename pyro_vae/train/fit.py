@@ -8,6 +8,7 @@ the Lightning loop (:mod:`pyro_vae.train.lightning`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
@@ -22,10 +23,11 @@ from torch import nn
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
 from .._typing import DeviceLike
-from ..data import Batches, DataError, validate_array
+from ..data import Batches, DataError, as_data, validate_array
 from ..objectives import ELBO
 from ..vae import VAE
-from .state import BEST, CHECKPOINT, METRICS, VAL, EpochMeter, History, RunState, open_run, restore_rng, restore_training, rng_state
+from .state import (BEST, CHECKPOINT, METRICS, VAL, EpochMeter, History, RunState, all_finite, clean_temp_files, open_run,
+                    restore_rng, restore_training, rng_state, run_lock)
 
 class StepInfo(NamedTuple):
     """What one training step measured (floats, per datapoint unless noted)."""
@@ -108,7 +110,11 @@ def train_step(
         raise non_finite("loss", float(loss.detach()))
     loss.backward()
     norm = gradient_norm(params, grad_clip, grad_norm)
+    if (grad_clip is not None or grad_norm) and not math.isfinite(norm):
+        raise non_finite("gradient", norm)  # before the step: the weights stay finite
     optimizer.step()
+    if not all_finite(params):  # caught at the source: a step that leaves non-finite weights stops here
+        raise non_finite("weights", math.nan)
     t = terms() if terms is not None else None
     rec = float(t.reconstruction) if t is not None else math.nan
     kl = float(t.kl) if t is not None else math.nan
@@ -175,6 +181,7 @@ def check_fit_inputs(
     patience: int | None,
     dynamic_binarization: bool,
     val_batch_size: int | None = None,
+    weight_decay: float = 0.0,
 ) -> VAE | None:
     """The checks ``fit`` and ``fit_distributed`` run before anything is trained or written.
 
@@ -186,10 +193,12 @@ def check_fit_inputs(
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
+    if not (0 < lr <= torch.finfo(torch.float32).max):
+        raise ValueError(f"lr must be a positive finite number (at most the float32 maximum), got {lr}")
+    if grad_clip is not None and not (grad_clip > 0 and math.isfinite(grad_clip)):
+        raise ValueError(f"grad_clip must be a positive finite number or None, got {grad_clip}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1 or None, got {patience}")
     if patience is not None and val is None:
@@ -283,7 +292,8 @@ def fit(
         objective: any :class:`pyro.infer.ELBO` with ``differentiable_loss``; default
             :class:`pyro_vae.objectives.ELBO` (closed-form KL where registered; which sites fell
             back to Monte Carlo is in ``History.kl_sites``).
-        train, val: tensors ``(N, D)``; validation runs every epoch (``val_elbo``: the bound per
+        train, val: ``(N, D)`` tensors or numpy arrays of any real dtype (bool, integer or floating),
+            converted to the model's parameter dtype (:func:`pyro_vae.data.as_data`); validation runs every epoch (``val_elbo``: the bound per
             datapoint, see ``val_objective``).
         epochs, batch_size, optimizer (``adam``/``adamw``/``sgd``), lr, weight_decay: as usual.
         lr_schedule: ``None``/``"cosine"``/``"step"``/``"plateau"`` (stepped once per epoch).
@@ -325,9 +335,40 @@ def fit(
         2
     """
     # ---- validate everything before anything is trained or written ---------------------------
+    dtype = _param_dtype(model)
+    train = as_data(train, dtype, name="training data") if train is not None else None
+    val = as_data(val, dtype, name="validation data") if val is not None else None
     vae = check_fit_inputs("fit", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
                            grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization,
-                           val_batch_size=val_batch_size)
+                           val_batch_size=val_batch_size, weight_decay=weight_decay)
+    if resume and overwrite:
+        open_run(run_dir, resume, overwrite)  # refuses the contradiction before anything is read or written
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' requested but CUDA is not available; use device='cpu'")
+    with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
+        if run_dir is not None:
+            clean_temp_files(run_dir)
+        return _fit(vae, model, guide, objective, train, val, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                    lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, grad_clip=grad_clip, patience=patience,
+                    restore_best=restore_best, dynamic_binarization=dynamic_binarization, seed=seed, device=device,
+                    run_dir=run_dir, resume=resume, overwrite=overwrite, config=config, progress=progress,
+                    tensorboard=tensorboard, log_grad_norm=log_grad_norm, callbacks=callbacks, on_step=on_step,
+                    val_objective=val_objective, val_batch_size=val_batch_size)
+
+
+def _param_dtype(model: Any) -> torch.dtype:
+    """The floating dtype of a VAE's parameters (the default dtype for other programs)."""
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.get_default_dtype()
+
+
+def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimizer, lr, weight_decay, lr_schedule,
+         grad_clip, patience, restore_best, dynamic_binarization, seed, device, run_dir, resume, overwrite, config,
+         progress, tensorboard, log_grad_norm, callbacks, on_step, val_objective, val_batch_size) -> History:
+    """The body of :func:`fit`, after its checks, under the run directory's lock."""
     model_fn, guide_fn = (vae.model, vae.guide) if vae is not None else (model, guide)
     run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
     objective = objective if objective is not None else ELBO()

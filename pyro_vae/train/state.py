@@ -24,19 +24,21 @@ written by either loop resumes in the other.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ..objectives import find_warmup
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import TEMP_SUFFIX, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # (fit.py imports this module)
     from .fit import StepInfo
@@ -44,6 +46,8 @@ if TYPE_CHECKING:  # (fit.py imports this module)
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.csv"
+#: the lock file of a run directory (``fcntl.flock``; holds the PID of the process training in it)
+LOCK = ".lock"
 #: the metrics column of the validation bound (the ELBO unless ``fit(val_objective=)`` says otherwise)
 VAL = "val_elbo"
 
@@ -178,10 +182,93 @@ def restore_training(
         ) from e
 
 
+class RunInUseError(RuntimeError):
+    """Another process is training in this run directory (it holds ``RUN/.lock``)."""
+
+
+_HELD: dict[str, list[int]] = {}  # real path of a run directory -> [lock fd, depth] (re-entrant per process)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run directory's OS-level lock (``fcntl.flock`` on ``RUN/.lock``) for the ``with`` block.
+
+    Creates the directory. The kernel releases the lock when the process exits in any way
+    (kill -9 included), so a lock is never stale; re-entrant within one process (``train_run``
+    holds it around ``fit``, which takes it too). Where ``fcntl`` does not exist (Windows) nothing is locked.
+
+    Raises:
+        RunInUseError: another process holds it (the message names its PID).
+        OSError: the directory cannot be created or written (read-only, permissions).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    run_dir = Path(run_dir)
+    key = os.path.realpath(run_dir)
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        try:
+            pid = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise RunInUseError(
+            f"another pyro-vae training (PID {pid}) is using {run_dir}; wait for it to finish (or stop it), "
+            "or choose another --run-dir"
+        ) from e
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # releases the lock
+
+
+def clean_temp_files(run_dir: str | Path) -> list[str]:
+    """Remove the temporary files an interrupted atomic write left in ``run_dir`` (call under :func:`run_lock`)."""
+    removed = []
+    for p in Path(run_dir).glob(".*" + TEMP_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one fused norm per tensor, one host sync)."""
+    ts = [t.detach() for t in tensors]
+    if not ts:
+        return True
+    # the max-norm per tensor: NaN and inf propagate, and large finite weights cannot overflow
+    return bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(ts, ord=math.inf)])).all())
+
+
 def open_run(
     run_dir: str | Path | None, resume: bool, overwrite: bool
 ) -> tuple[Path | None, Path | None, dict[str, Any] | None]:
     """``(run_path, checkpoint_path, state to resume or None)``; refuses to overwrite a run unasked."""
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other (continue the run, or replace it); "
+                         "pass one of them")
     run_path = Path(run_dir) if run_dir is not None else None
     ckpt_path = run_path / CHECKPOINT if run_path is not None else None
     state: dict[str, Any] | None = None
@@ -331,6 +418,13 @@ class RunState:
         """Write ``best.pt`` (after a better epoch), ``checkpoint.pt`` and ``metrics.csv`` (without a run_dir: nothing)."""
         if self.run_dir is None:
             return
+        weights = [p for g in optimizer.param_groups for p in g["params"]]
+        if model is not None:
+            weights += list(model.state_dict().values())
+        if not all_finite(w for w in weights if w.is_floating_point()):
+            from .fit import non_finite
+
+            raise non_finite("weights", math.nan)  # never checkpoint them
         ckpt = self.checkpoint(model, optimizer, scheduler, rng)
         if self.improved and model is not None:
             save_checkpoint(self.run_dir / BEST, {"epoch": ckpt["epoch"], "model": ckpt["model"], "config": self.config})
@@ -387,6 +481,11 @@ __all__ = [
     "EpochMeter",
     "RunState",
     "open_run",
+    "run_lock",
+    "clean_temp_files",
+    "all_finite",
+    "RunInUseError",
+    "LOCK",
     "restore_training",
     "restore_rng",
     "rng_state",
