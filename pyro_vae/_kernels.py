@@ -12,8 +12,9 @@ Speed lives here and in the components that call it, never in a second copy of a
 Which matmul is faster depends on the processor (oneDNN ran about 2x torch's default MKL matmul
 on one AMD Zen 5 core, 1.2-1.3x on another AMD EPYC with AVX-512). So the choice is **measured**:
 the first time a layer shape is seen in a process (rows bucketed by powers of two), both kernels
-run a few times on that layer's own tensors (no random numbers are drawn) and the faster one is
-kept for that shape for the rest of the process. The first oneDNN call is also checked against
+run a few times on (at most 4096 rows of) that layer's own tensors (no random numbers are drawn),
+and oneDNN is kept for that shape for the rest of the process only if it was at least 5% faster
+(within noise, torch's matmul stays the choice, so runs stay reproducible from process to process). The first oneDNN call is also checked against
 ``F.linear``; a failure or a mismatch switches oneDNN off for the process with one
 ``RuntimeWarning``. Both kernels give the same numbers to float rounding.
 
@@ -73,6 +74,11 @@ class Settings:
 
 #: the process-wide kernel settings
 settings = Settings()
+
+#: the first-use measurement times at most this many rows of the call's input
+MEASURE_ROWS = 4096
+#: oneDNN is chosen only when it measured at least this much faster than torch's matmul
+MEASURE_MARGIN = 0.05
 
 # per-process state: whether oneDNN passed its check (None: not tried yet), and the measured
 # choice per (in, out, rows bucket, grad) key: True = oneDNN
@@ -163,8 +169,10 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def _measure(key: tuple, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, grad: bool) -> bool:
-    """Time both kernels on copies of this call's tensors (forward, and backward when training)."""
-    hh, ww = h.detach(), w.detach()
+    """Time both kernels on copies of this call's tensors (forward, and backward when training),
+    on at most ``MEASURE_ROWS`` of its rows; oneDNN must win by ``MEASURE_MARGIN`` to be chosen
+    (torch's matmul stays the choice when the two are within noise of each other)."""
+    hh, ww = h[:MEASURE_ROWS].detach(), w.detach()
     bb = None if b is None else b.detach()
     if grad:
         hh, ww = hh.requires_grad_(), ww.clone().requires_grad_()
@@ -184,7 +192,7 @@ def _measure(key: tuple, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | Non
     torch_fn(), dnn_fn()  # warm both (lazy kernel set-up)
     r = settings.measure_repeats
     t_torch, t_dnn = _time(torch_fn, r), _time(dnn_fn, r)
-    chosen = t_dnn < t_torch
+    chosen = t_dnn < (1.0 - MEASURE_MARGIN) * t_torch
     name = f"{h.shape[1]} x {w.shape[0]}, rows~{1 << max(key[2] - 1, 0)}, {'grad' if grad else 'no grad'}"
     _state["timings"][name] = {"torch": t_torch, "onednn": t_dnn, "chosen": "onednn" if chosen else "torch"}
     return chosen
