@@ -223,6 +223,8 @@ def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         except Exception as e:  # an op that exists but refuses these inputs
             _disable_onednn(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
             return F.linear(h, weight, bias)
+        if not bool(torch.isfinite(ref).all()):  # NaN or inf inputs prove nothing: check on a later call
+            return F.linear(h, weight, bias)
         tol = 1e-4 * (1.0 + float(ref.abs().max())) if ref.numel() else 0.0
         if out.shape != ref.shape or not bool(((out - ref).abs() <= tol).all()):
             _disable_onednn("its result differs from torch.nn.functional.linear")

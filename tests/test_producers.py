@@ -553,3 +553,14 @@ def test_a_vae_subclass_that_overrides_the_program_is_traced_and_a_declared_one_
     # the override is honoured: the loss is that of z -> 2z, equal on both "paths" (both trace)
     assert_same(run(IWAE(3), over, x, fast=True), run(IWAE(3), over, x, fast=False))
     assert not torch.allclose(run(IWAE(3), over, x, fast=True)[0], run(IWAE(3), declared, x, fast=True)[0])
+
+
+def test_nan_encoder_output_is_refused_by_name_under_validation_on_both_paths():
+    vae, x = make_vae(), make_x()
+    with torch.no_grad():
+        vae.encoder.net[0].weight.fill_(float("nan"))
+    for fast in (True, False):
+        obj = ELBO()
+        obj.use_fast_path = fast
+        with pytest.raises(ValueError, match="DiagNormalEncoder returned non-finite parameters.*constraint"):
+            obj.differentiable_loss(vae.model, vae.guide, x)

@@ -26,6 +26,7 @@ from typing import Sequence
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 from .._typing import Activation, Hidden
@@ -60,6 +61,16 @@ class Encoder(nn.Module):
                 f"event_shape={tuple(d.event_shape)}; expected {tuple(x.shape[:-1])} and ({self.latent_dim},)"
             )
         return d
+
+
+def _check_finite(encoder: nn.Module, heads: torch.Tensor) -> None:
+    """Raise (as Pyro's argument validation would) if the encoder's heads hold NaN or inf."""
+    if not bool(torch.isfinite(heads).all()):
+        raise ValueError(
+            f"{type(encoder).__name__} returned non-finite parameters (NaN or inf in loc or log-scale): expected "
+            "them to satisfy the constraint Real(). The weights or the input diverged; lower the learning rate, "
+            "clip gradients (grad_clip) or check the data"
+        )
 
 
 class _GaussianHeads(Encoder):
@@ -109,8 +120,11 @@ class DiagNormalEncoder(_GaussianHeads):
         super().__init__(x_dim, latent_dim, hidden, activation, network, image_shape, extra=0, input_scale=input_scale)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:  # noqa: D102
-        loc, log_scale, _ = self._heads(x)
-        return dist.Normal(loc, log_scale.exp() + _MIN_SCALE).to_event(1)
+        out = self.net(x if self.input_scale == 1.0 else x * self.input_scale)
+        if is_validation_enabled():  # one check of both heads instead of Normal's two constraint checks
+            _check_finite(self, out)
+        d = self.latent_dim
+        return dist.Normal(out[..., :d], out[..., d:].exp() + _MIN_SCALE, validate_args=False).to_event(1)
 
 
 class LowRankNormalEncoder(_GaussianHeads):
