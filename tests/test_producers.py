@@ -562,5 +562,5 @@ def test_nan_encoder_output_is_refused_by_name_under_validation_on_both_paths():
     for fast in (True, False):
         obj = ELBO()
         obj.use_fast_path = fast
-        with pytest.raises(ValueError, match="DiagNormalEncoder returned non-finite parameters.*constraint"):
+        with pytest.raises(ValueError, match="DiagNormalEncoder returned NaN parameters.*constraint"):
             obj.differentiable_loss(vae.model, vae.guide, x)

@@ -64,12 +64,13 @@ class Encoder(nn.Module):
 
 
 def _check_finite(encoder: nn.Module, heads: torch.Tensor) -> None:
-    """Raise (as Pyro's argument validation would) if the encoder's heads hold NaN or inf."""
-    if not bool(torch.isfinite(heads).all()):
+    """Raise, as Pyro's argument validation of ``Normal`` would, if the encoder's heads hold NaN
+    (infinite values pass, as they pass the ``Real()`` constraint; the loss then says it)."""
+    if bool(torch.isnan(heads).any()):
         raise ValueError(
-            f"{type(encoder).__name__} returned non-finite parameters (NaN or inf in loc or log-scale): expected "
-            "them to satisfy the constraint Real(). The weights or the input diverged; lower the learning rate, "
-            "clip gradients (grad_clip) or check the data"
+            f"{type(encoder).__name__} returned NaN parameters (in loc or log-scale): expected them to satisfy "
+            "the constraint Real(). The weights or the input diverged; lower the learning rate, clip gradients "
+            "(grad_clip) or check the data"
         )
 
 
