@@ -718,9 +718,18 @@ class DataArgs:
 
     def chunk(self, lo: int, hi: int) -> tuple[tuple, dict]:
         """The arguments of datapoints ``lo:hi``."""
-        args = tuple(a[lo:hi] if i in self.positions else a for i, a in enumerate(self.args))
-        kwargs = {k: (v[lo:hi] if k in self.names else v) for k, v in self.kwargs.items()}
+        return self.take(slice(lo, hi))
+
+    def take(self, index: Any) -> tuple[tuple, dict]:
+        """The arguments of the datapoints ``index`` selects (a slice or an index tensor)."""
+        args = tuple(a[index] if i in self.positions else a for i, a in enumerate(self.args))
+        kwargs = {k: (v[index] if k in self.names else v) for k, v in self.kwargs.items()}
         return args, kwargs
+
+    def rebased(self, index: Any) -> "DataArgs":
+        """The same marks on the arguments of the datapoints ``index`` selects."""
+        args, kwargs = self.take(index)
+        return DataArgs(args, kwargs, self.positions, self.names)
 
 
 def data_args(num_data: int, args: tuple, kwargs: dict, per_datapoint: Any = None) -> DataArgs:

@@ -13,7 +13,7 @@ sites must sit in the data plate (``pyro.plate("data", len(x_chunk))`` by defaul
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 
@@ -21,7 +21,16 @@ import pyro.poutine as poutine
 import torch
 
 from ..evaluation.log_likelihood import plan_chunks
-from ..program import PARTICLE_PLATE, PlateError, guess_max_plate_nesting, is_latent, is_sample, vectorize
+from ..program import (
+    PARTICLE_PLATE,
+    DataArgs,
+    PlateError,
+    data_args,
+    guess_max_plate_nesting,
+    is_latent,
+    is_sample,
+    vectorize,
+)
 
 #: default working-memory budget of one chunk, bytes (the same default as ``log_likelihood``)
 DEFAULT_MEMORY_BUDGET = float(1 << 30)
@@ -49,9 +58,22 @@ class Pair:
     kwargs: dict
     plate_name: str
     max_plate_nesting: int
+    #: which of ``args`` / ``kwargs`` are per-datapoint (sliced with x); ``None``: none are
+    extra: DataArgs | None = None
 
     def call_args(self, xb: torch.Tensor) -> tuple:
         return (xb, *self.args)
+
+    def at(self, lo: int, hi: int) -> "Pair":
+        """The pair for datapoints ``lo:hi``: per-datapoint arguments sliced with x."""
+        return self.take(slice(lo, hi))
+
+    def take(self, index: Any) -> "Pair":
+        """The pair for the datapoints ``index`` selects (a slice or an index tensor)."""
+        if self.extra is None:
+            return self
+        extra = self.extra.rebased(index)
+        return replace(self, args=extra.args, kwargs=extra.kwargs, extra=extra)
 
 
 def _is_vae_like(obj: Any) -> bool:
@@ -107,9 +129,13 @@ def make_pair(
 ) -> Pair:
     kwargs = dict(model_kwargs or {})
     args = tuple(model_args)
+    extra = data_args(x.shape[0], args, kwargs)  # arguments whose leading dim is len(x) go with x
+    if not (extra.positions or extra.names):
+        extra = None
     if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *args), kwargs)
-    return Pair(model, guide, args, kwargs, plate_name, int(max_plate_nesting))
+        a1, k1 = extra.chunk(0, 1) if extra is not None else (args, kwargs)
+        max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *a1), k1)
+    return Pair(model, guide, args, kwargs, plate_name, int(max_plate_nesting), extra)
 
 
 def check_budget(memory_budget: float) -> float:

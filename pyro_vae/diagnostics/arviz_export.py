@@ -126,9 +126,10 @@ def to_inference_data(
         for lo, hi in chunks:
             xb = x[lo:hi]
             b = hi - lo
+            cp = pair.at(lo, hi)  # per-datapoint arguments sliced with x
             for s0, k in sample_chunks(num_samples, per):
-                tr = particle_traces(pair.model, pair.guide, pair.call_args(xb), pair.kwargs, k,
-                                     pair.max_plate_nesting, plate_name)
+                tr = particle_traces(cp.model, cp.guide, cp.call_args(xb), cp.kwargs, k,
+                                     cp.max_plate_nesting, plate_name)
                 if obs_name is None:
                     obs_name = _pick_observed(tr.model_trace, xb, plate_name)
                 for site in latent_sites(tr.guide_trace, plate_name):
@@ -146,7 +147,7 @@ def to_inference_data(
                     put("posterior_predictive", obs_name, s0, lo, hi, flat_values(rep_site, k, b, plate_name),
                         np.float32)
                 if prior:
-                    pt = trace_prior(pair, xb, k)
+                    pt = trace_prior(cp, xb, k)
                     for site in latent_sites(pt, plate_name, who="model"):
                         put("prior", site["name"], s0, lo, hi, flat_values(site, k, b, plate_name), np.float64)
                         dims.setdefault(site["name"], ["obs", _dim_name(site["name"], "latent")])

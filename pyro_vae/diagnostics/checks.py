@@ -241,12 +241,13 @@ def predictive_check(
     with torch.no_grad():
         for lo, hi in chunks:
             xb = x[lo:hi]
+            cp = pair.at(lo, hi)  # per-datapoint arguments sliced with x
             for s0, k in sample_chunks(num_samples, per):
                 if kind == "posterior":
-                    gt = trace_guide(pair, xb, k)
-                    mt = trace_model_on(pair, xb, gt, k, uncondition=True)
+                    gt = trace_guide(cp, xb, k)
+                    mt = trace_model_on(cp, xb, gt, k, uncondition=True)
                 else:
-                    mt = trace_prior(pair, xb, k)
+                    mt = trace_prior(cp, xb, k)
                 if name is None:
                     name = _observed_site(mt, xb, plate_name, None)
                 rep = flat_values(mt.nodes[name], k, hi - lo, plate_name).double().cpu()  # (k, B, D)
@@ -387,14 +388,17 @@ def sbc(
     num_bins = check_positive("num_bins", num_bins)
     memory_budget = check_budget(memory_budget)
     pair = make_pair(m, g, x, model_args, model_kwargs, plate_name, max_plate_nesting)
-    template = x[torch.arange(num_simulations) % x.shape[0]]
+    rows = torch.arange(num_simulations) % x.shape[0]
+    template = x[rows]
+    pair = pair.take(rows)  # per-datapoint arguments follow the template's rows
     chunks, _ = chunk_plan(template, L, memory_budget)
     ranks_list, labels = [], None
     name = obs_site
     with torch.no_grad():
         for lo, hi in chunks:
             tb = template[lo:hi]
-            pt = trace_prior(pair, tb)
+            cp = pair.at(lo, hi)
+            pt = trace_prior(cp, tb)
             if name is None:
                 name = _observed_site(pt, tb, plate_name, None)
             x_sim = pt.nodes[name]["value"]
@@ -405,7 +409,7 @@ def sbc(
                 )
             sites = latent_sites(pt, plate_name, who="model")
             truth = torch.cat([flat_values(s, None, hi - lo, plate_name) for s in sites], dim=-1)  # (B, P)
-            gt = trace_guide(pair, x_sim.to(x.dtype) if x.is_floating_point() else x_sim, L)
+            gt = trace_guide(cp, x_sim.to(x.dtype) if x.is_floating_point() else x_sim, L)
             draws = []
             for s in sites:
                 if s["name"] not in gt.nodes:

@@ -368,14 +368,15 @@ def inference_gaps(
     bar = tqdm(total=len(chunks) * num_steps, desc="refining q", disable=not progress, leave=False)
     for lo, hi in chunks:
         xb = x[lo:hi]
-        refined = RefinedGuide.initialise(pair, xb)
+        cp = pair.at(lo, hi)  # per-datapoint arguments sliced with x
+        refined = RefinedGuide.initialise(cp, xb)
         families.update({name: s.family for name, s in refined.sites.items()})
         params = refined.parameters()
         opt = torch.optim.Adam(params, lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(num_steps, 1), eta_min=0.0)
         for step in range(num_steps):
-            tr = particle_traces(pair.model, refined, pair.call_args(xb), pair.kwargs, num_particles,
-                                 pair.max_plate_nesting, pair.plate_name)
+            tr = particle_traces(cp.model, refined, cp.call_args(xb), cp.kwargs, num_particles,
+                                 cp.max_plate_nesting, cp.plate_name)
             elbo = log_weights(tr, pair.plate_name).mean(0)  # (B,)
             if not bool(torch.isfinite(elbo).all()):
                 raise FloatingPointError(
@@ -391,8 +392,8 @@ def inference_gaps(
             bar.update()
         for p in params:
             p.requires_grad_(False)
-        out["am"][lo:hi], out["am_se"][lo:hi] = stream_weights(pair, pair.guide, xb, num_samples, memory_budget, 1).elbo()
-        r = finish(stream_weights(pair, refined, xb, num_samples, memory_budget, keep), 0, memory_budget)
+        out["am"][lo:hi], out["am_se"][lo:hi] = stream_weights(cp, cp.guide, xb, num_samples, memory_budget, 1).elbo()
+        r = finish(stream_weights(cp, refined, xb, num_samples, memory_budget, keep), 0, memory_budget)
         out["re"][lo:hi], out["re_se"][lo:hi] = r.elbo, r.elbo_se
         out["ll"][lo:hi], out["khat"][lo:hi] = r.log_likelihood, r.khat
     bar.close()

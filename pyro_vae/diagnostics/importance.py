@@ -208,9 +208,10 @@ def stream_weights(pair: Any, guide: Any, x: torch.Tensor, num_samples: int, mem
     with torch.no_grad():
         for lo, hi in chunks:
             xb = x[lo:hi]
+            cp = pair.at(lo, hi)  # per-datapoint arguments sliced with x
             for _, k in sample_chunks(num_samples, per):
-                acc.update(lo, hi, traced_particles(pair.model, guide, pair.call_args(xb), pair.kwargs, k,
-                                                    pair.max_plate_nesting, pair.plate_name).log_weights)
+                acc.update(lo, hi, traced_particles(cp.model, guide, cp.call_args(xb), cp.kwargs, k,
+                                                    cp.max_plate_nesting, cp.plate_name).log_weights)
                 bar.update()
     bar.close()
     return acc

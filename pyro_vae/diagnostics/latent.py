@@ -271,7 +271,8 @@ def latent_diagnostics(
     with torch.no_grad():
         for lo, hi in chunks:
             xb = x[lo:hi]
-            gt = trace_guide(pair, xb)
+            cp = pair.at(lo, hi)  # per-datapoint arguments sliced with x
+            gt = trace_guide(cp, xb)
             sites = latent_sites(gt, plate_name)
             if name is None:
                 if len(sites) != 1:
@@ -287,7 +288,7 @@ def latent_diagnostics(
                     f"latent_diagnostics needs site {name!r} to have batch shape (B,) = ({hi - lo},) and a 1-D event "
                     f"(latent_dim,); got batch {tuple(q.batch_shape)}, event {tuple(q.event_shape)}"
                 )
-            mt = trace_model_on(pair, xb, gt)
+            mt = trace_model_on(cp, xb, gt)
             p = mt.nodes[name]["fn"]
             mean, var = _moments(q, num_samples)
             means.append(mean.double().cpu())
