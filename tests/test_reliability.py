@@ -169,6 +169,73 @@ def test_a_second_training_on_the_same_directory_is_refused_naming_the_holder(tm
         first.communicate()
 
 
+HOLD_LOCK = """
+import sys
+from pyro_vae.train.state import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
+@pytest.fixture
+def held(run):
+    """``(run, pid)``: another process holds the run directory's lock."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield run, holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        holder.stdout.close()
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "RUN", "--no-progress"],
+    ["sample", "RUN", "--num", "4"],
+    ["reconstruct", "RUN", "--num", "4"],
+    ["diagnose", "RUN", "--samples", "25", "--num-points", "4", "--gap-steps", "0", "--sbc-simulations", "0"],
+], ids=lambda a: a[0])
+def test_commands_that_write_into_a_run_are_refused_while_another_process_holds_it(held, capsys, argv):
+    run, pid = held
+    before = hashes(run)
+    assert main([str(run) if a == "RUN" else a for a in argv]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"pyro-vae {argv[0]}: error: another pyro-vae process (PID {pid}) is using {run}")
+    assert hashes(run) == before
+
+
+def test_sample_into_another_directory_needs_no_lock_and_fit_distributed_takes_it(held, tmp_path, capsys):
+    run, pid = held
+    assert main(["sample", str(run), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0  # reads only
+    assert (tmp_path / "s.png").exists()
+    pytest.importorskip("lightning")
+    from pyro_vae.train.lightning import fit_distributed
+    from pyro_vae.train.state import RunInUseError
+
+    before = hashes(run)
+    x = torch.bernoulli(torch.full((32, 20), 0.5))
+    with pytest.raises(RunInUseError, match=f"PID {pid}"):
+        fit_distributed(_vae(), train=x, epochs=1, batch_size=16, accelerator="cpu", run_dir=run, resume=True,
+                        progress=False)
+    assert hashes(run) == before
+
+
+def test_fit_distributed_cleans_temp_files_under_the_lock(tmp_path):
+    pytest.importorskip("lightning")
+    from pyro_vae.train.lightning import fit_distributed
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".checkpoint.pt.x1y2.tmp").write_bytes(b"left by a kill")
+    x = torch.bernoulli(torch.full((32, 20), 0.5))
+    fit_distributed(_vae(), train=x, epochs=1, batch_size=16, accelerator="cpu", run_dir=run, progress=False)
+    assert not list(run.glob(".*.tmp")) and (run / "checkpoint.pt").exists()
+    assert (run / ".lock").read_text().strip() == str(os.getpid())
+
+
 # ---- kill -9 and Ctrl-C, then --resume: bitwise the uninterrupted run --------------------------------------
 KILL_INSIDE_WRITE = """
 import os, signal, sys
@@ -230,6 +297,50 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path):
     assert f"pyro-vae train --resume --run-dir {run}" in line
     assert pv.train.load_checkpoint(run / "checkpoint.pt")["epoch"] >= 1
     assert not list(run.glob(".*.tmp"))
+
+
+def test_sigterm_exits_143_with_the_resume_hint_and_resume_equals_the_uninterrupted_run(tmp_path):
+    """SIGTERM (what ``kill``, systemd and batch schedulers send) is handled like Ctrl-C, exit code 128 + 15."""
+    flags = [*TINY, "--epochs", "8", "--batch-size", "16"]
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    p = cli("train", "--run-dir", str(whole), *flags)
+    q = cli("train", "--run-dir", str(run), *flags)
+    wait_for_epochs(run, 1, q)
+    q.send_signal(signal.SIGTERM)
+    _, err = q.communicate(timeout=60)
+    assert q.returncode == 143, err
+    line = one_line(err)
+    assert line.startswith("pyro-vae train: terminated (SIGTERM)")
+    assert f"continue with `pyro-vae train --resume --run-dir {run}`" in line
+    assert pv.train.load_checkpoint(run / "checkpoint.pt")["epoch"] >= 1  # the last complete checkpoint
+    assert not (run / "model.pt").exists() and not list(run.glob(".*.tmp"))
+    p.communicate(timeout=120)
+    assert p.returncode == 0
+    r = cli("train", "--run-dir", str(run), "--resume", "--no-progress", "--no-figures")
+    _, err = r.communicate(timeout=120)
+    assert r.returncode == 0, err
+    a = torch.load(whole / "model.pt", weights_only=True)["model"]
+    b = torch.load(run / "model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_sigterm_handler_is_installed_only_while_train_runs(run):
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def spy(config, **kw):
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    from pyro_vae.cli import run as cli_run
+
+    real, cli_run.train_run = cli_run.train_run, spy
+    try:
+        assert main(["train", "--run-dir", str(run), "--resume", "--no-progress"]) == 0
+    finally:
+        cli_run.train_run = real
+    assert seen and seen[0] is not before and signal.getsignal(signal.SIGTERM) is before
+    assert main(["evaluate", str(run), "--samples", "0"]) == 2  # other commands leave SIGTERM alone
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ---- 2. resume means resume ---------------------------------------------------------------------------------
@@ -417,6 +528,89 @@ def test_empty_or_malformed_checkpoints_are_one_line(run, capsys, payload, comma
     argv = ["evaluate", str(run)] if command == "evaluate" else ["train", "--run-dir", str(run), "--resume", "--epochs", "3"]
     assert main([*argv, "--no-progress"]) == 2
     assert target.name in one_line(capsys.readouterr().err)
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER``: what a crafted file would do to an unsafe ``torch.load``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+#: every entry point that reads a run's files, and each file it reads: (entry point, file, setup)
+#: setup "stopped": checkpoint.pt says the run stopped early, so resuming restores the best weights from best.pt;
+#: "no-model": model.pt removed, so the commands fall back to checkpoint.pt
+PAYLOAD_CASES = [
+    ("train --resume", "checkpoint.pt", None),
+    ("train --resume", "best.pt", "stopped"),
+    ("evaluate", "model.pt", None),
+    ("evaluate", "checkpoint.pt", "no-model"),
+    ("sample", "model.pt", None),
+    ("sample", "checkpoint.pt", "no-model"),
+    ("reconstruct", "model.pt", None),
+    ("diagnose", "model.pt", None),
+    ("pv.load_run", "model.pt", None),
+    ("pv.load_run", "checkpoint.pt", "no-model"),
+    ("pv.fit(resume=True)", "checkpoint.pt", None),
+    ("pv.fit(resume=True)", "best.pt", "stopped"),
+    ("fit_distributed(resume=True)", "checkpoint.pt", None),
+    ("fit_distributed(resume=True)", "best.pt", "stopped"),
+]
+
+
+@pytest.mark.parametrize("entry,name,setup", PAYLOAD_CASES, ids=[f"{e}:{n}" for e, n, _ in PAYLOAD_CASES])
+def test_a_crafted_pickle_payload_runs_in_no_entry_point(run, tmp_path, capsys, entry, name, setup):
+    from pyro_vae.train import CheckpointError, save_checkpoint
+    from pyro_vae.train.checkpoint import FORMAT, VERSION
+
+    marker = tmp_path / "MARKER"
+    python_api = entry.startswith(("pv.fit", "fit_distributed"))
+    x = torch.bernoulli(torch.full((32, 20), 0.5), generator=torch.Generator().manual_seed(0))
+    if python_api:  # a run of fit itself (the CLI's run has a config the bare VAE here would not match)
+        if entry.startswith("fit_distributed"):
+            pytest.importorskip("lightning")
+        shutil.rmtree(run)
+        pv.fit(_vae(), train=x, val=x[:8], epochs=2, batch_size=16, run_dir=run, progress=False)
+    if setup == "stopped":
+        state = pv.train.load_checkpoint(run / "checkpoint.pt")
+        state["stopped_early"] = True
+        save_checkpoint(run / "checkpoint.pt", state)
+        assert (run / "best.pt").exists()
+    if setup == "no-model":
+        (run / "model.pt").unlink()
+    target = run / name
+    torch.save({"format": FORMAT, "version": VERSION, "epoch": 2, "model": _Payload(marker)}, target)
+    torch.load(target, weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+
+    if python_api:
+        kw = dict(train=x, val=x[:8], epochs=3, batch_size=16, run_dir=run, resume=True, progress=False)
+        if entry.startswith("fit_distributed"):
+            from pyro_vae.train.lightning import fit_distributed
+
+            train, kw = fit_distributed, {**kw, "accelerator": "cpu"}
+        else:
+            train = pv.fit
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            train(_vae(), **kw)
+    elif entry == "pv.load_run":
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            pv.load_run(run)
+    else:
+        argv = {"train --resume": ["train", "--run-dir", str(run), "--resume", "--no-progress", "--no-figures"],
+                "evaluate": ["evaluate", str(run), "--no-progress"],
+                "sample": ["sample", str(run), "--num", "4"],
+                "reconstruct": ["reconstruct", str(run), "--num", "4"],
+                "diagnose": ["diagnose", str(run), "--samples", "25", "--num-points", "4", "--gap-steps", "0",
+                             "--sbc-simulations", "0"]}[entry]
+        assert main(argv) == 2
+        line = one_line(capsys.readouterr().err)
+        assert line.startswith(f"pyro-vae {argv[0]}: error:") and name in line
+    assert not marker.exists()
 
 
 def test_debug_shows_the_traceback(run):

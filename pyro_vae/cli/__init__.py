@@ -8,8 +8,8 @@ safe ones, :data:`pyro_vae.config.RESUMABLE_KEYS`).
 
 Errors are reported in one line, with the fix: exit code 2 for a mistake in the command or its
 input (refused before anything is trained or written, the run directory untouched), 1 for a
-failure while running (disk full, divergence), 130 for Ctrl-C (with the command that continues
-the run). ``--debug`` or ``PYRO_VAE_DEBUG=1`` shows the traceback instead.
+failure while running (disk full, divergence), 130 for Ctrl-C and 143 for SIGTERM during
+``train`` (both with the command that continues the run). ``--debug`` or ``PYRO_VAE_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -99,7 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during ``pyro-vae train``: handled like Ctrl-C (the last complete checkpoint kept), exit code 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def _cmd_train(ns: argparse.Namespace) -> int:
+    """``pyro-vae train``, with SIGTERM turned into :class:`Terminated` for its duration (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _train_command(ns)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _train_command(ns)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _train_command(ns: argparse.Namespace) -> int:
     from ..runs import CONFIG
     from .run import RESUME_OVERWRITE, train_run
 
@@ -119,7 +141,36 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
+def writing_into(run_dir: str | Path, out: str | Path | None = None) -> Any:
+    """The run directory's lock (:func:`pyro_vae.train.state.run_lock`) for a command that writes into it.
+
+    Nothing is locked when ``out`` (the file the command writes) lies outside ``run_dir``, or when
+    ``run_dir`` is no run directory (no ``config.toml``: loading it then fails with the fix, and no
+    directory is created).
+    """
+    import contextlib
+
+    from ..runs import CONFIG
+    from ..train.state import run_lock
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        return contextlib.nullcontext()
+    if out is not None and not Path(out).resolve().is_relative_to(run_dir.resolve()):
+        return contextlib.nullcontext()
+    return run_lock(run_dir)
+
+
 def _cmd_evaluate(ns: argparse.Namespace) -> int:
+    if ns.samples is not None and ns.samples < 1:
+        raise ConfigError(f"--samples must be >= 1 (importance samples per datapoint), got {ns.samples}")
+    if ns.threads is not None and ns.threads < 0:
+        raise ConfigError(f"--threads must be >= 1 (or 0 for torch's default), got {ns.threads}")
+    with writing_into(ns.run_dir):  # writes evaluation.json: not while another process trains or writes there
+        return _evaluate(ns)
+
+
+def _evaluate(ns: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import bits_per_dim, log_likelihood
@@ -129,10 +180,6 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
 
     from .run import set_threads
 
-    if ns.samples is not None and ns.samples < 1:
-        raise ConfigError(f"--samples must be >= 1 (importance samples per datapoint), got {ns.samples}")
-    if ns.threads is not None and ns.threads < 0:
-        raise ConfigError(f"--threads must be >= 1 (or 0 for torch's default), got {ns.threads}")
     config, data, vae = Run.load(ns.run_dir)
     set_threads(ns.threads if ns.threads is not None else config.threads)
     k = ns.samples if ns.samples is not None else config.eval_samples
@@ -158,14 +205,15 @@ def _cmd_sample(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--num must be >= 1, got {ns.num}")
     if not 0 <= ns.seed < 2**32:
         raise ConfigError(f"--seed must lie in [0, 2**32), got {ns.seed}")
-    config, data, vae = Run.load(ns.run_dir)
-    if data.image_shape is None:
-        raise ConfigError("sample draws image grids; this run's data are not images")
     out = ns.out or Path(ns.run_dir) / f"samples_{ns.seed}.png"
-    torch.manual_seed(ns.seed)
-    value_range = (0.0, 255.0) if data.pixel_scale == "uint8" else (0.0, 1.0)
-    plots.image_grid(vae.sample(ns.num), data.image_shape, nrow=min(ns.num, 10), title="prior samples", path=out,
-                     value_range=value_range)
+    with writing_into(ns.run_dir, out):
+        config, data, vae = Run.load(ns.run_dir)
+        if data.image_shape is None:
+            raise ConfigError("sample draws image grids; this run's data are not images")
+        torch.manual_seed(ns.seed)
+        value_range = (0.0, 255.0) if data.pixel_scale == "uint8" else (0.0, 1.0)
+        plots.image_grid(vae.sample(ns.num), data.image_shape, nrow=min(ns.num, 10), title="prior samples", path=out,
+                         value_range=value_range)
     print(f"wrote {out}")
     return 0
 
@@ -176,13 +224,14 @@ def _cmd_reconstruct(ns: argparse.Namespace) -> int:
 
     if ns.num < 1:
         raise ConfigError(f"--num must be >= 1, got {ns.num}")
-    config, data, vae = Run.load(ns.run_dir)
-    if data.image_shape is None:
-        raise ConfigError("reconstruct draws image grids; this run's data are not images")
     out = ns.out or Path(ns.run_dir) / "reconstructions_test.png"
-    value_range = (0.0, 255.0) if data.pixel_scale == "uint8" else (0.0, 1.0)
-    plots.reconstructions(vae, eval_data(data, config)[: ns.num], data.image_shape, n=ns.num, path=out,
-                          value_range=value_range)
+    with writing_into(ns.run_dir, out):
+        config, data, vae = Run.load(ns.run_dir)
+        if data.image_shape is None:
+            raise ConfigError("reconstruct draws image grids; this run's data are not images")
+        value_range = (0.0, 255.0) if data.pixel_scale == "uint8" else (0.0, 1.0)
+        plots.reconstructions(vae, eval_data(data, config)[: ns.num], data.image_shape, n=ns.num, path=out,
+                              value_range=value_range)
     print(f"wrote {out}")
     return 0
 
@@ -235,6 +284,8 @@ def _explain(e: BaseException, ns: argparse.Namespace) -> tuple[int | None, str]
     def line(text: object) -> str:
         return " ".join(str(text).split())
 
+    if isinstance(e, Terminated):
+        return 143, "terminated (SIGTERM)" + (_resume_hint(ns) or "")
     if isinstance(e, KeyboardInterrupt):
         return 130, "interrupted" + (_resume_hint(ns) or "")
     if isinstance(e, (ConfigError, DataError, CheckpointError, RunInUseError, FileExistsError, NotADirectoryError)):

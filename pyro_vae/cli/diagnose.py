@@ -125,7 +125,22 @@ def diagnose_run(
     progress: bool = False,
     log: Callable[[str], Any] = lambda *_: None,
 ) -> DiagnoseSummary:
-    """Run every diagnostic on a trained run's test split and write the report; return the headline."""
+    """Run every diagnostic on a trained run's test split and write the report; return the headline.
+
+    Holds the run directory's lock while it runs (it writes ``RUN/diagnostics/``): a run another
+    process trains in or writes into is refused with :class:`~pyro_vae.train.state.RunInUseError`.
+    """
+    from . import writing_into
+
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must lie in [0, 2**32), got {seed}")
+    with writing_into(run_dir):
+        return _diagnose_run(Path(run_dir), samples=samples, num_points=num_points, gap_steps=gap_steps,
+                             sbc_simulations=sbc_simulations, seed=seed, progress=progress, log=log)
+
+
+def _diagnose_run(run_dir: Path, *, samples: int, num_points: int, gap_steps: int, sbc_simulations: int, seed: int,
+                  progress: bool, log: Callable[[str], Any]) -> DiagnoseSummary:
     import pyro
     import torch
 
@@ -136,8 +151,6 @@ def diagnose_run(
 
     from .run import set_threads
 
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed must lie in [0, 2**32), got {seed}")
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     config, data, vae = Run.load(run_dir)

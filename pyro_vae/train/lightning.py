@@ -66,7 +66,8 @@ from .fit import (
     non_finite,
     scales_to_data,
 )
-from .state import VAL, EpochMeter, History, RunState, open_run, rank_seed, restore_rng, restore_training, rng_state
+from .state import (VAL, EpochMeter, History, RunState, clean_temp_files, open_run, rank_seed, restore_rng, restore_training,
+                    rng_state, run_lock)
 
 #: precisions offered: full, and automatic mixed precision (bf16 on CPUs and recent GPUs, fp16 on GPUs)
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
@@ -541,72 +542,80 @@ def fit_distributed(
     vae = check_fit_inputs("fit_distributed", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
                            grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization,
                            val_batch_size=val_batch_size)
-    run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
-    num_data = int(train.shape[0])
-    processes = devices * num_nodes
-    if num_data < processes:
-        raise DataError(f"{num_data} training rows cannot be shared by {processes} processes")
+    if resume and overwrite:
+        open_run(run_dir, resume, overwrite)  # refuses the contradiction before anything is read or written
+    # rank 0 (the process that writes) holds the run directory's lock for the whole run and removes the temp
+    # files of an interrupted write; processes the launcher forks inherit it, and the other ranks never write
+    writer = run_dir is not None and process_rank(devices) == 0
+    with run_lock(run_dir) if writer else contextlib.nullcontext():
+        if writer:
+            clean_temp_files(run_dir)
+        run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
+        num_data = int(train.shape[0])
+        processes = devices * num_nodes
+        if num_data < processes:
+            raise DataError(f"{num_data} training rows cannot be shared by {processes} processes")
 
-    first, val = fixed_data(train, val, batch_size, dynamic_binarization, seed)
-    module = VAELightningModule(
-        model, objective, guide=guide, num_data=num_data, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        lr_schedule=lr_schedule, epochs=epochs, grad_clip=grad_clip, val=val, patience=patience,
-        restore_best=restore_best, log_grad_norm=log_grad_norm, val_objective=val_objective,
-        val_batch_size=val_batch_size,
-    )
-    run = module.run
-    run.run_dir, run.config, run.callbacks = run_path, config or {}, list(callbacks)
-    with torch.random.fork_rng():  # find every trainable tensor, without touching the caller's generator
-        kw = {"num_data": num_data} if module.pass_num_data else {}
-        traced = collect_parameters(module.model_fn, module.guide_fn, (first,), kw)
-    in_modules = {id(p) for p in module.trainable_parameters()}
-    outside = [p for p in traced if id(p) not in in_modules]
-    if outside or not traced:
-        raise ValueError(
-            f"{len(outside)} trainable tensor(s) of the model/guide live outside nn.Modules (Pyro's global param "
-            "store), which DDP cannot synchronize. Keep parameters in modules: a pyro_vae.VAE, or PyroModules with "
-            "pyro.settings.set(module_local_params=True)" if outside else "the model and guide have no trainable parameters"
+        first, val = fixed_data(train, val, batch_size, dynamic_binarization, seed)
+        module = VAELightningModule(
+            model, objective, guide=guide, num_data=num_data, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+            lr_schedule=lr_schedule, epochs=epochs, grad_clip=grad_clip, val=val, patience=patience,
+            restore_best=restore_best, log_grad_norm=log_grad_norm, val_objective=val_objective,
+            val_batch_size=val_batch_size,
         )
-    start_epoch = 0
-    if state is not None:
-        # load the weights and check the checkpoint against this model before any process starts
-        with torch.random.fork_rng():
-            probe_opt = make_optimizer(optimizer, module.trainable_parameters(), lr, weight_decay)
-            restore_training(state, ckpt_path, vae, probe_opt, make_scheduler(lr_schedule, probe_opt, epochs))
-        start_epoch = epochs if state.get("stopped_early") else int(state["epoch"])
+        run = module.run
+        run.run_dir, run.config, run.callbacks = run_path, config or {}, list(callbacks)
+        with torch.random.fork_rng():  # find every trainable tensor, without touching the caller's generator
+            kw = {"num_data": num_data} if module.pass_num_data else {}
+            traced = collect_parameters(module.model_fn, module.guide_fn, (first,), kw)
+        in_modules = {id(p) for p in module.trainable_parameters()}
+        outside = [p for p in traced if id(p) not in in_modules]
+        if outside or not traced:
+            raise ValueError(
+                f"{len(outside)} trainable tensor(s) of the model/guide live outside nn.Modules (Pyro's global param "
+                "store), which DDP cannot synchronize. Keep parameters in modules: a pyro_vae.VAE, or PyroModules with "
+                "pyro.settings.set(module_local_params=True)" if outside else "the model and guide have no trainable parameters"
+            )
+        start_epoch = 0
+        if state is not None:
+            # load the weights and check the checkpoint against this model before any process starts
+            with torch.random.fork_rng():
+                probe_opt = make_optimizer(optimizer, module.trainable_parameters(), lr, weight_decay)
+                restore_training(state, ckpt_path, vae, probe_opt, make_scheduler(lr_schedule, probe_opt, epochs))
+            start_epoch = epochs if state.get("stopped_early") else int(state["epoch"])
 
-    if start_epoch >= epochs:  # nothing left to train: report the stored run, as fit does
-        assert state is not None
-        run.resume(state, epochs)
-        run.finish(vae)
-    else:
-        data = ShardedData(train, batch_size, seed=seed, dynamic_binarization=dynamic_binarization)
-        prepare = _RunCallback(seed=seed, first=first, state=state, tensorboard=tensorboard)
-        steps = math.ceil(num_data / (batch_size * processes))
-        options: dict[str, Any] = dict(
-            accelerator="gpu" if accelerator == "cuda" else accelerator, devices=devices, strategy=strategy,
-            num_nodes=num_nodes, precision=precision, max_epochs=epochs - start_epoch, logger=False,
-            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-            num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, steps)), use_distributed_sampler=False,
-            default_root_dir=str(run_path) if run_path is not None else None,
-        )
-        extra = dict(trainer_options or {})
-        options["callbacks"] = [*extra.pop("callbacks", []), prepare]
-        options.update(extra)
-        module.check_finite = precision != "16-mixed"  # under fp16 AMP an overflow only skips the step
+        if start_epoch >= epochs:  # nothing left to train: report the stored run, as fit does
+            assert state is not None
+            run.resume(state, epochs)
+            run.finish(vae)
+        else:
+            data = ShardedData(train, batch_size, seed=seed, dynamic_binarization=dynamic_binarization)
+            prepare = _RunCallback(seed=seed, first=first, state=state, tensorboard=tensorboard)
+            steps = math.ceil(num_data / (batch_size * processes))
+            options: dict[str, Any] = dict(
+                accelerator="gpu" if accelerator == "cuda" else accelerator, devices=devices, strategy=strategy,
+                num_nodes=num_nodes, precision=precision, max_epochs=epochs - start_epoch, logger=False,
+                enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+                num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, steps)), use_distributed_sampler=False,
+                default_root_dir=str(run_path) if run_path is not None else None,
+            )
+            extra = dict(trainer_options or {})
+            options["callbacks"] = [*extra.pop("callbacks", []), prepare]
+            options.update(extra)
+            module.check_finite = precision != "16-mixed"  # under fp16 AMP an overflow only skips the step
+            if vae is not None:
+                vae.train()
+            had_group = _process_group_exists()
+            with _known_lightning_warnings():
+                trainer = L.Trainer(**options)
+                trainer.fit(module, datamodule=data)
+            if not had_group and _process_group_exists():
+                # the group this run created ends with it: a process that exits with a live gloo/NCCL group can
+                # abort ("terminate called without an active exception") while the others still evaluate
+                torch.distributed.destroy_process_group()
         if vae is not None:
-            vae.train()
-        had_group = _process_group_exists()
-        with _known_lightning_warnings():
-            trainer = L.Trainer(**options)
-            trainer.fit(module, datamodule=data)
-        if not had_group and _process_group_exists():
-            # the group this run created ends with it: a process that exits with a live gloo/NCCL group can
-            # abort ("terminate called without an active exception") while the others still evaluate
-            torch.distributed.destroy_process_group()
-    if vae is not None:
-        vae.eval()
-    return module.history
+            vae.eval()
+        return module.history
 
 
 __all__ = [

@@ -183,7 +183,7 @@ def restore_training(
 
 
 class RunInUseError(RuntimeError):
-    """Another process is training in this run directory (it holds ``RUN/.lock``)."""
+    """Another process is training in (or writing into) this run directory (it holds ``RUN/.lock``)."""
 
 
 _HELD: dict[str, list[int]] = {}  # real path of a run directory -> [lock fd, depth] (re-entrant per process)
@@ -226,7 +226,7 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         finally:
             os.close(fd)
         raise RunInUseError(
-            f"another pyro-vae training (PID {pid}) is using {run_dir}; wait for it to finish (or stop it), "
+            f"another pyro-vae process (PID {pid}) is using {run_dir}; wait for it to finish (or stop it), "
             "or choose another --run-dir"
         ) from e
     try:
