@@ -144,11 +144,19 @@ def _vae_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, int | None] | No
 def _check_reparameterized(particles: Particles, who: str) -> None:
     for site in particles.latents:
         if not getattr(site.q, "has_rsample", False):
+            q = site.q
+            discrete = bool(getattr(q, "has_enumerate_support", False))
+            fix = (
+                "this is a discrete site: sum it out exactly with pyro.infer.TraceEnum_ELBO (mark the guide with "
+                "pyro.infer.config_enumerate, and give the model's site infer={'enumerate': 'parallel'}), or train "
+                "with a score-function objective such as pyro.infer.TraceGraph_ELBO"
+                if discrete else
+                "use a reparameterizable family (Normal, LowRankMultivariateNormal, a flow) for that site, or train "
+                "with a score-function objective such as pyro.infer.TraceGraph_ELBO"
+            )
             raise ValueError(
                 f"{who} needs reparameterized guide samples, but guide site {site.name!r} draws from "
-                f"{type(site.q).__name__}, which has no rsample. Fix: use a reparameterizable "
-                "family (Normal, LowRankMultivariateNormal, a flow) for that site, or train with a "
-                "score-function objective such as pyro.infer.TraceGraph_ELBO"
+                f"{type(q).__name__}, which has no rsample. Fix: {fix}"
             )
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywid
 
 from .._typing import DeviceLike
 from ..data import Batches, DataError, as_data, validate_array
-from ..objectives import ELBO
+from ..objectives import ELBO, Objective
 from ..vae import VAE
 from .state import (BEST, CHECKPOINT, METRICS, VAL, EpochMeter, History, RunState, all_finite, clean_temp_files, open_run,
                     restore_rng, restore_training, rng_state, run_lock)
@@ -32,7 +32,7 @@ from .state import (BEST, CHECKPOINT, METRICS, VAL, EpochMeter, History, RunStat
 class StepInfo(NamedTuple):
     """What one training step measured (floats, per datapoint unless noted)."""
 
-    loss: float  # the objective's loss divided by the data set size (negative bound per datapoint)
+    loss: float  # the objective's loss divided by the number of datapoints it covers (negative bound per datapoint)
     reconstruction: float  # E_q log p(x|z) per datapoint (nan if the objective does not report it)
     kl: float  # KL(q || p) per datapoint (nan if not reported)
     grad_norm: float  # total gradient 2-norm before clipping (nan unless clipping or asked: gradient_norm)
@@ -101,6 +101,10 @@ def train_step(
 ) -> StepInfo:
     """One update: ``loss = loss_fn(*args, **kwargs)``, backward, optional clipping, optimizer step.
 
+    ``num_data`` is the number of datapoints the loss covers: the data set size when the program
+    scales its minibatch bound to the data set (it takes ``num_data``), else the batch size (the
+    loss is then the minibatch bound). ``StepInfo.loss`` is the loss divided by it.
+
     The total gradient norm (``StepInfo.grad_norm``) is computed when clipping or when
     ``grad_norm=True``; otherwise it is ``nan`` (:func:`gradient_norm`).
     """
@@ -142,6 +146,18 @@ def evaluate_bound(
             else:
                 total += -float(objective.loss(model, guide, xb))
     return total / x.shape[0]
+
+
+def validation_objective(objective: Any, val_objective: Any = None) -> Any:
+    """The objective validation evaluates: ``val_objective`` when given; else the training objective
+    itself when it is not a pyro_vae objective (any other :class:`pyro.infer.ELBO`, e.g.
+    ``TraceEnum_ELBO`` on a program with enumerated discrete sites, which pyro_vae's ELBO refuses);
+    else ``None`` (:func:`evaluate_bound`'s default, the ELBO with one particle)."""
+    if val_objective is not None:
+        return val_objective
+    if isinstance(objective, pyro.infer.ELBO) and not isinstance(objective, Objective):
+        return objective
+    return None
 
 
 def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -288,7 +304,8 @@ def fit(
     Args:
         model: a :class:`~pyro_vae.VAE`, or a Pyro model callable (then pass ``guide``). Any pair
             called as ``model(x_batch, num_data=N)`` with a ``"data"`` plate works; a pair
-            without a ``num_data`` keyword trains on unscaled minibatch bounds (a warning says so).
+            without a ``num_data`` keyword trains on unscaled minibatch bounds (a warning says so),
+            and its per-datapoint History numbers divide by the batch size instead of N.
         objective: any :class:`pyro.infer.ELBO` with ``differentiable_loss``; default
             :class:`pyro_vae.objectives.ELBO` (closed-form KL where registered; which sites fell
             back to Monte Carlo is in ``History.kl_sites``).
@@ -318,8 +335,10 @@ def fit(
             (``time.perf_counter`` around the call: no data loading, logging or callbacks).
         val_objective: the bound validation reports as ``val_elbo`` (and early stopping and
             ``best.pt`` follow), e.g. ``IWAE(num_particles=1000)``; default the ELBO with one
-            particle. Evaluated with its ``loss`` on the evaluation-mode model, drawing from torch's
-            global generator as training does (so resumed runs reproduce it). Ignored without ``val``.
+            particle, or, when ``objective`` is a Pyro ELBO that is not a pyro_vae objective (e.g.
+            ``TraceEnum_ELBO`` on a program with enumerated discrete sites), that objective itself.
+            Evaluated with its ``loss`` on the evaluation-mode model, drawing from torch's global
+            generator as training does (so resumed runs reproduce it). Ignored without ``val``.
         val_batch_size: rows per validation call (default 500); lower it for many particles.
 
     Returns:
@@ -396,7 +415,8 @@ def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimi
     sched = make_scheduler(lr_schedule, opt, epochs)
     loss_fn: Callable[..., torch.Tensor] = lambda *a, **k: objective.differentiable_loss(model_fn, guide_fn, *a, **k)  # noqa: E731
     terms = (lambda: objective.last_terms) if hasattr(objective, "last_terms") else None
-    val_kw = {"objective": val_objective, "batch_size": val_batch_size or 500, "pass_num_data": pass_num_data}
+    val_kw = {"objective": validation_objective(objective, val_objective), "batch_size": val_batch_size or 500,
+              "pass_num_data": pass_num_data}
 
     run = RunState(objective, patience=patience, restore_best=restore_best, run_dir=run_path, config=config,
                    callbacks=callbacks)
@@ -415,7 +435,10 @@ def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimi
             meter.start()
             for _, xb in batches:
                 t0 = time.perf_counter()
-                info = train_step(loss_fn, params, opt, (xb,), kw, num_data, grad_clip, terms, log_grad_norm)
+                # the loss is scaled to the data set only when the program takes num_data; otherwise it
+                # is the minibatch bound, and its per-datapoint value divides by the batch size
+                scale = num_data if pass_num_data else xb.shape[0]
+                info = train_step(loss_fn, params, opt, (xb,), kw, scale, grad_clip, terms, log_grad_norm)
                 seconds = time.perf_counter() - t0
                 meter.add(info, xb.shape[0])
                 bar.update()

@@ -65,6 +65,7 @@ from .fit import (
     make_scheduler,
     non_finite,
     scales_to_data,
+    validation_objective,
 )
 from .state import (VAL, EpochMeter, History, RunState, clean_temp_files, open_run, rank_seed, restore_rng, restore_training,
                     rng_state, run_lock)
@@ -322,7 +323,9 @@ class VAELightningModule(L.LightningModule):
         t = getattr(self.objective, "last_terms", None)
         rec, kl = (float(t.reconstruction), float(t.kl)) if t is not None else (math.nan, math.nan)
         # the gradient norm is counted in on_before_optimizer_step, once gradients are synchronized
-        self.meter.add(StepInfo(value / self.num_data, rec, kl, math.nan), x.shape[0])
+        # a program without a num_data keyword trains on the minibatch bound: per datapoint is / B, not / N
+        per = self.num_data if self.pass_num_data else x.shape[0]
+        self.meter.add(StepInfo(value / per, rec, kl, math.nan), x.shape[0])
         if batch_idx % 10 == 0:  # the running epoch mean in the progress bar (self.log costs ~1 ms a call)
             self.log("loss", self.meter.mean_loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
@@ -356,7 +359,7 @@ class VAELightningModule(L.LightningModule):
         total = [0.0, 0.0]
         if shard.shape[0] > 0:
             with full_precision(self.device.type):
-                bound = evaluate_bound(self.model_fn, self.guide_fn, shard.to(self.device), objective=self.val_objective,
+                bound = evaluate_bound(self.model_fn, self.guide_fn, shard.to(self.device), objective=validation_objective(self.objective, self.val_objective),
                                        batch_size=self.val_batch_size, pass_num_data=self.pass_num_data)
             total = [bound * shard.shape[0], float(shard.shape[0])]
         if self._trainer is not None:
