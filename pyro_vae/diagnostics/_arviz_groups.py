@@ -178,11 +178,14 @@ def elpd_data(obj: Any, threshold: Callable[[int], float]):
     stats = group(obj, "sample_stats")
     if "khat" not in stats or "log_weight" not in stats:
         raise ValueError("sample_stats needs khat and log_weight; build it with to_inference_data")
-    lw = stats["log_weight"].transpose("chain", "draw", "obs").values
+    khat = stats["khat"]
+    if khat.ndim != 1:
+        raise ValueError(f"sample_stats.khat must have one dim (the datapoints); it has {khat.dims}")
+    dim = khat.dims[0]  # "obs", or "obs_id" when a site is called "obs"
+    lw = stats["log_weight"].transpose("chain", "draw", dim).values
     s = lw.shape[0] * lw.shape[1]
     ll_i = logsumexp(lw.reshape(s, -1), 0) - math.log(s)
-    khat = stats["khat"].transpose("obs")
-    return make_elpd_data(ll_i, khat.values, n_samples=s, good_k=threshold(s), obs_coords=khat["obs"].values)
+    return make_elpd_data(ll_i, khat.values, n_samples=s, good_k=threshold(s), obs_coords=khat[dim].values)
 
 
 __all__ = ["GROUP_ORDER", "arviz_major", "build", "group_names", "group", "importance_ess", "make_elpd_data", "elpd_data",

@@ -18,6 +18,9 @@ predictive p-value of a statistic is P(T(x_rep) ≥ T(x)) (ties count half): val
 z ~ p(z) and x ~ p(x|z), then L draws from q(z|x), and record the rank of the true z_u among
 them for each latent dimension u. If q(z|x) is the exact posterior the ranks are uniform on
 {0, …, L}; a chi-square test per dimension (Bonferroni-combined) measures the departure.
+Ties between the truth and guide draws (discrete latents) are broken uniformly at random:
+rank = #{draws < truth} + U{0, …, #{draws == truth}}, with torch's RNG (``pyro.set_rng_seed``
+makes it reproducible), so an exact posterior over a discrete latent has uniform ranks too.
 Ranks piled at the ends mean q is too narrow; in the middle, too wide; on one side, biased.
 """
 
@@ -335,6 +338,23 @@ class SBCResult:
         return self.summary()
 
 
+def _tie_broken_ranks(post: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """#{draws < truth} + U{0, …, #{draws == truth}} over dim 0, on the CPU.
+
+    Discrete latents tie with their guide draws; counting only strict inequalities would pile
+    the ranks low even for the exact posterior. Breaking ties uniformly at random (Talts et al.
+    2018, Sec. 4.1) makes the ranks uniform on {0, …, L} for the exact posterior. The uniform
+    draws come from torch's global RNG (seeded by ``pyro.set_rng_seed``), and only when a tie
+    occurs, so continuous latents use no extra random numbers.
+    """
+    below = (post < truth).sum(0).cpu()
+    ties = (post == truth).sum(0).cpu()
+    if bool(ties.any()):
+        u = torch.rand(ties.shape, dtype=torch.float64)
+        below = below + torch.minimum((u * (ties + 1)).floor().long(), ties)
+    return below
+
+
 def _bins_for(num_ranks: int, wanted: int) -> int:
     for b in range(min(wanted, num_ranks), 0, -1):
         if num_ranks % b == 0:
@@ -363,7 +383,10 @@ def sbc(
     a template for the model's data argument (its rows are repeated to ``num_simulations``; the
     observed values are resampled with ``poutine.uncondition``). For each simulation:
     z ~ p(z), x ~ p(x|z), then ``num_posterior_samples`` (L) draws from q(z|x) and the rank of
-    each true latent number among them.
+    each true latent number among them. Ties (discrete latents: the truth equals some draws) are
+    broken uniformly at random, rank = #{draws < truth} + U{0, …, #{draws == truth}}, drawn from
+    torch's global RNG like the simulations themselves, so ``pyro.set_rng_seed`` makes the ranks
+    reproducible; without it an exact discrete posterior would show ranks piled low (p ≈ 0).
 
     ``num_bins`` is rounded down to a divisor of L + 1 so every bin covers as many ranks. A
     chi-square test per dimension checks uniformity; fewer than 5 simulations per bin warns
@@ -416,7 +439,7 @@ def sbc(
                     raise ValueError(f"model latent {s['name']!r} has no guide site; SBC ranks every model latent")
                 draws.append(flat_values(gt.nodes[s["name"]], L, hi - lo, plate_name))
             post = torch.cat(draws, dim=-1)  # (L, B, P)
-            ranks_list.append((post < truth.unsqueeze(0)).sum(0).cpu())
+            ranks_list.append(_tie_broken_ranks(post, truth.unsqueeze(0)))
             if labels is None:
                 labels = [f"{s['name']}[{i}]" for s in sites for i in range(flat_values(s, None, hi - lo, plate_name).shape[-1])]
     ranks = torch.cat(ranks_list)
