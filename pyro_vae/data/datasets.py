@@ -281,6 +281,16 @@ def _as_tensor(x: Any, *, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def model_dtype(model: Any) -> torch.dtype:
+    """The floating dtype of a module's parameters (torch's default dtype for anything else): the
+    dtype :func:`as_data` converts a model's data to."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.get_default_dtype()
+
+
 def as_data(x: torch.Tensor | np.ndarray, dtype: torch.dtype | None = None, *, name: str = "data") -> torch.Tensor:
     """``x`` as a floating tensor a model can score: what :func:`pyro_vae.fit` and
     :func:`pyro_vae.log_likelihood` do with their data.

@@ -63,7 +63,7 @@ class Encoder(nn.Module):
         return d
 
 
-def _check_finite(encoder: nn.Module, heads: torch.Tensor) -> None:
+def _check_not_nan(encoder: nn.Module, heads: torch.Tensor) -> None:
     """Raise, as Pyro's argument validation of ``Normal`` would, if the encoder's heads hold NaN
     (infinite values pass, as they pass the ``Real()`` constraint; the loss then says it)."""
     if bool(torch.isnan(heads).any()):
@@ -123,7 +123,7 @@ class DiagNormalEncoder(_GaussianHeads):
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:  # noqa: D102
         out = self.net(x if self.input_scale == 1.0 else x * self.input_scale)
         if is_validation_enabled():  # one check of both heads instead of Normal's two constraint checks
-            _check_finite(self, out)
+            _check_not_nan(self, out)
         d = self.latent_dim
         return dist.Normal(out[..., :d], out[..., d:].exp() + _MIN_SCALE, validate_args=False).to_event(1)
 

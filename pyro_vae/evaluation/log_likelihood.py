@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
 from .. import _kernels
-from ..data import as_data
+from ..data import as_data, model_dtype
 from ..program import WeightAccumulator, data_args, from_vae, guess_max_plate_nesting, plain_vae, traced_particles
 from ..vae import DATA_PLATE
 
@@ -116,8 +116,7 @@ def log_likelihood(
     """
     # ---- argument checks, before any work: the data as fit() takes and checks them --------------
     checked = plain_vae(model, guide)
-    x = as_data(x, next((p.dtype for p in checked.parameters() if p.is_floating_point()), None)
-                if checked is not None else None, name="x")
+    x = as_data(x, model_dtype(checked) if checked is not None else None, name="x")
     if checked is not None:  # shape (N, x_dim), finite values, the likelihood's support: as fit does
         checked.decoder.check_data(x, "x")
     if num_samples < 1:
@@ -131,7 +130,7 @@ def log_likelihood(
     n = x.shape[0]
     x_dim = int(x[0].numel())
     points, samples = plan_chunks(n, num_samples, x_dim, memory_budget)
-    vae = plain_vae(model, guide) if fast_path else None
+    vae = checked if fast_path else None
     if (
         vae is not None
         and plate_name == DATA_PLATE

@@ -28,7 +28,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, foreign or from an incompatible version."""
 
 
-#: suffix of the temporary files of :func:`atomic_write_bytes` (``.NAME.XXXXXXXX.tmp``)
+#: suffix of the temporary files of :func:`atomic_write_bytes` (``.NAME.<8 random characters>.tmp``)
 TEMP_SUFFIX = ".tmp"
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
 from .._typing import DeviceLike
-from ..data import Batches, DataError, as_data, validate_array
+from ..data import Batches, DataError, as_data, model_dtype, validate_array
 from ..objectives import ELBO, Objective
 from ..vae import VAE
 from .state import (BEST, CHECKPOINT, METRICS, VAL, EpochMeter, History, RunState, all_finite, clean_temp_files, open_run,
@@ -354,7 +354,7 @@ def fit(
         2
     """
     # ---- validate everything before anything is trained or written ---------------------------
-    dtype = _param_dtype(model)
+    dtype = model_dtype(model)
     train = as_data(train, dtype, name="training data") if train is not None else None
     val = as_data(val, dtype, name="validation data") if val is not None else None
     vae = check_fit_inputs("fit", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -364,6 +364,8 @@ def fit(
         open_run(run_dir, resume, overwrite)  # refuses the contradiction before anything is read or written
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' requested but CUDA is not available; use device='cpu'")
+    if objective is not None and not hasattr(objective, "differentiable_loss"):
+        raise TypeError(f"{type(objective).__name__} has no differentiable_loss; use a pyro_vae objective")
     with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
         if run_dir is not None:
             clean_temp_files(run_dir)
@@ -375,15 +377,6 @@ def fit(
                     val_objective=val_objective, val_batch_size=val_batch_size)
 
 
-def _param_dtype(model: Any) -> torch.dtype:
-    """The floating dtype of a VAE's parameters (the default dtype for other programs)."""
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.get_default_dtype()
-
-
 def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimizer, lr, weight_decay, lr_schedule,
          grad_clip, patience, restore_best, dynamic_binarization, seed, device, run_dir, resume, overwrite, config,
          progress, tensorboard, log_grad_norm, callbacks, on_step, val_objective, val_batch_size) -> History:
@@ -391,11 +384,7 @@ def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimi
     model_fn, guide_fn = (vae.model, vae.guide) if vae is not None else (model, guide)
     run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
     objective = objective if objective is not None else ELBO()
-    if not hasattr(objective, "differentiable_loss"):
-        raise TypeError(f"{type(objective).__name__} has no differentiable_loss; use a pyro_vae objective")
     device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' requested but CUDA is not available; use device='cpu'")
 
     # ---- set up --------------------------------------------------------------------------------
     pyro.set_rng_seed(seed)

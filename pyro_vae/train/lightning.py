@@ -262,7 +262,9 @@ class VAELightningModule(L.LightningModule):
         self.lr_schedule, self.epochs, self.grad_clip = lr_schedule, epochs, grad_clip
         #: report the mean gradient norm per epoch even without clipping (as ``fit(log_grad_norm=)``)
         self.log_grad_norm = log_grad_norm
-        self.val, self.val_objective, self.val_batch_size = val, val_objective, val_batch_size or 500
+        # the bound validation reports: val_objective, else a Pyro ELBO itself, else the ELBO (as fit)
+        self.val, self.val_batch_size = val, val_batch_size or 500
+        self.val_objective = validation_objective(objective, val_objective)
         #: history, early stopping and (under :func:`fit_distributed`) the run directory
         self.run = RunState(objective, patience=patience, restore_best=restore_best)
         self.meter = EpochMeter()
@@ -359,7 +361,7 @@ class VAELightningModule(L.LightningModule):
         total = [0.0, 0.0]
         if shard.shape[0] > 0:
             with full_precision(self.device.type):
-                bound = evaluate_bound(self.model_fn, self.guide_fn, shard.to(self.device), objective=validation_objective(self.objective, self.val_objective),
+                bound = evaluate_bound(self.model_fn, self.guide_fn, shard.to(self.device), objective=self.val_objective,
                                        batch_size=self.val_batch_size, pass_num_data=self.pass_num_data)
             total = [bound * shard.shape[0], float(shard.shape[0])]
         if self._trainer is not None:
