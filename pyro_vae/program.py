@@ -41,6 +41,7 @@ the Monte Carlo term for that site and says so).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ class ParticleTraces:
     max_plate_nesting: int
     batch_size: int
     data_scale: float  # num_data / batch_size, from the data plate's subsampling
+    #: whether the program has the data plate (else it is one datapoint: batch_size 1)
+    data_plate: bool = True
 
     @property
     def num_dims(self) -> int:
@@ -154,6 +157,10 @@ def _inferred_batch_size(traces: tuple[poutine.Trace, ...], plate_name: str, pla
     return max(sizes, default=1)
 
 
+class BroadcastError(ValueError):
+    """The program failed under a leading particle dimension (it is not broadcast-safe)."""
+
+
 def particle_traces(
     model: Callable,
     guide: Callable,
@@ -162,24 +169,56 @@ def particle_traces(
     num_particles: int,
     max_plate_nesting: int,
     plate_name: str = DATA_PLATE,
+    *,
+    particle_plate: bool = True,
+    require_plate: bool = True,
+    check: bool = True,
 ) -> ParticleTraces:
-    """Trace the guide with ``num_particles`` vectorized particles and replay the model on it."""
+    """Trace the guide with ``num_particles`` vectorized particles and replay the model on it.
+
+    ``particle_plate=False`` (one particle only) runs the program as written, without the outer
+    particle plate: its sites then have no particle dim (a ``pyro.param`` declared inside a plate,
+    or a program that is not broadcast-safe, needs this). ``require_plate=False`` accepts a program
+    without the data plate: the whole program is then one datapoint (``batch_size`` 1), which is
+    what an objective needs and what per-datapoint functions must refuse.
+
+    A program that fails under the particle plate (``K > 1``) raises :class:`BroadcastError`
+    naming the requirement and the fix, chained to the program's own error.
+    """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    guide_trace = poutine.trace(vectorize(guide, num_particles, max_plate_nesting)).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(
-        poutine.replay(vectorize(model, num_particles, max_plate_nesting), trace=guide_trace)
-    ).get_trace(*args, **kwargs)
+    if not particle_plate and num_particles != 1:
+        raise ValueError("particle_plate=False runs one particle; trace K particles one at a time instead")
+    if particle_plate:
+        run_model, run_guide = vectorize(model, num_particles, max_plate_nesting), vectorize(guide, num_particles, max_plate_nesting)
+    else:
+        run_model, run_guide = model, guide
+    try:
+        guide_trace = poutine.trace(run_guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(run_model, trace=guide_trace)).get_trace(*args, **kwargs)
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:
+        if not particle_plate or isinstance(e, (PlateError, BroadcastError)) or not _runs_unvectorized(model, guide, args, kwargs):
+            raise
+        raise BroadcastError(
+            f"the model/guide failed when run with {num_particles} vectorized particles (an outer "
+            f"pyro.plate of size {num_particles} at dim {-(max_plate_nesting + 1)}, so every sample gains a "
+            f"leading particle dimension): {type(e).__name__}: {e}. The program is not broadcast-safe (e.g. it "
+            "indexes with a boolean mask, reshapes with fixed sizes, or reads z.shape[0] as the batch size). Fix: "
+            "write it for any leading batch dims (index with `...`, use `x.shape[-1]`, poutine.mask instead of "
+            "boolean indexing), or run particles one at a time: vectorize_particles=False for the objectives"
+        ) from e
     frame = _find_data_frame(guide_trace, plate_name) or _find_data_frame(model_trace, plate_name)
     unsized = frame is not None and (frame.size is None or frame.size < 1)
-    if is_validation_enabled() and not unsized:  # an unsized plate broadcasts the model's sites: no check
+    if check and is_validation_enabled() and not unsized:  # an unsized plate broadcasts the model's sites: no check
         check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
     if frame is None:
-        raise PlateError(
-            f"no sample site sits in a plate named {plate_name!r}; per-datapoint quantities need the "
-            f"model and guide to declare their datapoints with `with pyro.plate({plate_name!r}, N):` "
-            "(or pass plate_name= naming your data plate)"
-        )
+        if require_plate:
+            raise PlateError(
+                f"no sample site sits in a plate named {plate_name!r}; per-datapoint quantities need the "
+                f"model and guide to declare their datapoints with `with pyro.plate({plate_name!r}, N):` "
+                "(or pass plate_name= naming your data plate)"
+            )
+        return ParticleTraces(model_trace, guide_trace, num_particles, max_plate_nesting, 1, 1.0, data_plate=False)
     if frame.dim is None:
         raise PlateError(f"the {plate_name!r} plate must be vectorized (give it a dim), not a sequential plate")
     size = frame.size
@@ -196,6 +235,17 @@ def particle_traces(
         batch_size=int(size),
         data_scale=float(full) / float(size),
     )
+
+
+def _runs_unvectorized(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> bool:
+    """Does the pair run as written (no particle plate)? On a forked random stream, hidden."""
+    try:
+        with torch.random.fork_rng(devices=[]), poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the program's own bug: the caller re-raises the original error
+        return False
+    return True
 
 
 def reduce_site(
@@ -224,8 +274,9 @@ def reduce_site(
     for f in site["cond_indep_stack"]:
         if f.name == plate_name:
             data_dim = n + f.dim
-    if data_dim is None:
-        return value.sum(dim=tuple(range(1, n))).unsqueeze(1), False
+    if data_dim is None:  # a global site; in a program without the data plate, the one datapoint
+        rest = tuple(range(1, n))
+        return (value.sum(dim=rest) if rest else value).reshape(value.shape[0], 1), not traces.data_plate
     others = tuple(d for d in range(1, n) if d != data_dim)
     if others:
         value = value.sum(dim=others)
@@ -381,6 +432,9 @@ class Particles:
     traces: ParticleTraces | None = None
     beta: float = 1.0
     plate_name: str = DATA_PLATE
+    #: model sites of summed-out (enumerated) latents, fixed to one value in this record: their
+    #: log p enters ``log_prior`` (see :class:`EnumeratedParticles`)
+    fixed: list[ObservedSite] = field(default_factory=list)
     _stopped: dict = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -412,6 +466,10 @@ class Particles:
 
     def _latent_sum(self, which: str, stopped_who: str | None = None) -> torch.Tensor:
         total = None
+        if which == "p":
+            for f in self.fixed:
+                t = _scaled(self.beta * f.scale, f.log_prob)
+                total = t if total is None else total + t
         for s in self.latents:
             if not s.in_plate:
                 continue
@@ -514,8 +572,11 @@ class Particles:
         """The record with every latent site's log-density (model and guide) multiplied by β."""
         return Particles(
             self.num_particles, self.batch_size, self.data_scale, self.latents, self.observed,
-            self.row_wise_check, self.traces, self.beta * float(beta), self.plate_name,
+            self.row_wise_check, self.traces, self.beta * float(beta), self.plate_name, self.fixed,
         )
+
+    #: a record of one assignment of the enumerated sites has none of its own branches
+    enumerated = False
 
 
 # -- KL of one latent site ----------------------------------------------------------------------------
@@ -585,15 +646,23 @@ def _closed_form_ok(name: str, model_order: list[str], guide_order: dict[str, in
     return True
 
 
-def from_traces(traces: ParticleTraces, plate_name: str = DATA_PLATE) -> Particles:
-    """The :class:`Particles` record of traced particles (any model/guide pair)."""
+def from_traces(traces: ParticleTraces, plate_name: str = DATA_PLATE, enumerated: frozenset = frozenset()) -> Particles:
+    """The :class:`Particles` record of traced particles (any model/guide pair).
+
+    ``enumerated`` names sites that both programs were conditioned on (one assignment of the
+    summed-out discrete latents): the model's log p of them goes to ``fixed``, not ``observed``.
+    """
     mt, gt = traces.model_trace, traces.guide_trace
     ds = traces.data_scale
     model_latents = [n for n, s in mt.nodes.items() if is_latent(s)]
     guide_order = {n: i for i, n in enumerate(n for n, s in gt.nodes.items() if is_latent(s))}
-    observed, latents = [], []
+    observed, latents, fixed = [], [], []
     for name, msite in mt.nodes.items():
         if not is_sample(msite):
+            continue
+        if name in enumerated:
+            lp, in_plate = site_log_prob(msite, traces, plate_name)
+            fixed.append(ObservedSite(name, lp, in_plate, msite["scale"] / ds))
             continue
         if msite["is_observed"]:
             lp, in_plate = site_log_prob(msite, traces, plate_name)
@@ -608,7 +677,7 @@ def from_traces(traces: ParticleTraces, plate_name: str = DATA_PLATE) -> Particl
         if is_latent(gsite) and name not in mt.nodes:
             latents.append(_latent(name, gsite, None, traces, plate_name, False))
     return Particles(traces.num_particles, traces.batch_size, ds, latents, observed, row_wise_check=False, traces=traces,
-                     plate_name=plate_name)
+                     plate_name=plate_name, fixed=fixed)
 
 
 def _latent(name: str, gsite: dict, msite: dict | None, traces: ParticleTraces, plate_name: str, ok: bool) -> LatentSite:
@@ -638,11 +707,206 @@ def _latent(name: str, gsite: dict, msite: dict | None, traces: ParticleTraces, 
 
 def traced_particles(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, max_plate_nesting: int,
-    plate_name: str = DATA_PLATE,
-) -> Particles:
-    """:func:`particle_traces` then :func:`from_traces`."""
-    return from_traces(particle_traces(model, guide, args, kwargs, num_particles, max_plate_nesting, plate_name),
-                       plate_name)
+    plate_name: str = DATA_PLATE, *, vectorized: bool = True, require_plate: bool = True,
+) -> "Particles | EnumeratedParticles":
+    """The record of ``num_particles`` traced particles of any model/guide pair.
+
+    * ``K = 1`` runs the program as written (no particle plate); ``K > 1`` under one vectorized
+      particle plate, or, with ``vectorized=False``, one particle at a time (the records are
+      stacked: :func:`stack_particles`), as ``vectorize_particles=False`` does in Pyro.
+    * Guide sites marked for enumeration (``infer={"enumerate": ...}``, e.g. by
+      :func:`pyro.infer.config_enumerate`) are summed out exactly: the pair is run once per
+      assignment of their values and an :class:`EnumeratedParticles` is returned.
+    * ``require_plate=False`` accepts a program without the data plate (then one datapoint).
+    """
+    if num_particles > 1 and not vectorized:
+        return stack_particles([
+            traced_particles(model, guide, args, kwargs, 1, max_plate_nesting, plate_name, require_plate=require_plate)
+            for _ in range(num_particles)
+        ])
+    plate = num_particles > 1
+    traces = particle_traces(model, guide, args, kwargs, num_particles, max_plate_nesting, plate_name,
+                             particle_plate=plate, require_plate=require_plate)
+    enum = enumerated_sites(traces.guide_trace)
+    if not enum:
+        return from_traces(traces, plate_name)
+    return _enumerate(model, guide, args, kwargs, traces, enum, plate_name, plate, require_plate)
+
+
+# -- particles run one at a time -----------------------------------------------------------------------
+def _embed(t: torch.Tensor, k: int, K: int) -> torch.Tensor:
+    """A one-particle ``(1, B|1, ...)`` tensor as row ``k`` of a ``(K, B|1, ...)`` tensor of zeros."""
+    if t.dim() == 0:
+        t = t.reshape(1, 1)
+    rest = tuple(t.shape[1:])
+    parts = [t.new_zeros((k,) + rest), t, t.new_zeros((K - k - 1,) + rest)]
+    return torch.cat([q for q in parts if q.shape[0]], 0)
+
+
+def _embedded(fn: Callable | None, k: int, K: int) -> Callable | None:
+    if fn is None:
+        return None
+
+    def reduce(t: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
+        return _embed(fn(t, event_dims), k, K)
+
+    return reduce
+
+
+def stack_particles(records: list) -> "Particles | EnumeratedParticles":
+    """One record of ``K`` particles from ``K`` one-particle records (particles run one at a time).
+
+    Every per-site tensor of record ``k`` becomes row ``k`` of a ``(K, ...)`` tensor that is zero
+    elsewhere, so sums over sites are the ``(K, B)`` terms and means over particles are exact.
+    """
+    K = len(records)
+    if any(isinstance(r, EnumeratedParticles) for r in records):
+        first = records[0]
+        branches = [stack_particles([r.branches[c] for r in records]) for c in range(len(first.branches))]
+        log_q = [torch.cat([r.log_q_enum[c].expand(1, r.batch_size) for r in records], 0)
+                 for c in range(len(first.branches))]
+        return EnumeratedParticles(branches, log_q, first.names)
+    if K == 1:
+        return records[0]
+    first = records[0]
+    if len({r.batch_size for r in records}) != 1:
+        raise ValueError(f"the particles saw different batch sizes {sorted({r.batch_size for r in records})}")
+    latents, observed, fixed = [], [], []
+    for k, r in enumerate(records):
+        for site in r.latents:
+            latents.append(LatentSite(
+                site.name, site.q, site.p, site.value, site.model_value, site.in_plate, site.q_scale, site.p_scale,
+                site.closed_form_ok, _embedded(site.reduce, k, K), _embedded(site.reduce_p, k, K)))
+        for o in r.observed:
+            observed.append(ObservedSite(o.name, _embed(o.log_prob, k, K), o.in_plate, o.scale))
+        for f in r.fixed:
+            fixed.append(ObservedSite(f.name, _embed(f.log_prob, k, K), f.in_plate, f.scale))
+    return Particles(K, first.batch_size, first.data_scale, latents, observed, row_wise_check=False, traces=None,
+                     beta=first.beta, plate_name=first.plate_name, fixed=fixed)
+
+
+# -- discrete latents summed out exactly ---------------------------------------------------------------
+#: the most assignments of the enumerated sites one call may run
+MAX_ASSIGNMENTS = 4096
+
+
+def enumerated_sites(guide_trace: poutine.Trace) -> list[str]:
+    """The guide's latent sites marked for enumeration (``infer={"enumerate": ...}``), in order."""
+    return [
+        name for name, site in guide_trace.nodes.items()
+        if is_latent(site) and (site.get("infer") or {}).get("enumerate") in ("parallel", "sequential")
+    ]
+
+
+@dataclass
+class EnumeratedParticles:
+    """The record of a program whose guide enumerates discrete sites, summed out exactly.
+
+    ``branches[c]`` is the :class:`Particles` record of the program with the enumerated sites
+    fixed to their ``c``-th joint assignment y_c (both model and guide conditioned on it; the
+    model's log p(y_c | ·) is in the branch's ``log_prior``), and ``log_q_enum[c]`` the guide's
+    ``(K|1, B)`` log q(y_c | x). Per particle k and datapoint b:
+
+        log w_k = log Σ_c p(x, y_c, z_kc) / q(z_kc | x, y_c)        (``log_weights``)
+
+    an unbiased estimate of p(x) whatever q(y | x), so log-mean-exp over k is the
+    importance-sampled log p(x) with y summed exactly; the ELBO is
+    Σ_c q(y_c | x) (ELBO_c − log q(y_c | x)), as ``pyro.infer.TraceEnum_ELBO`` computes it.
+    """
+
+    branches: list[Particles]
+    log_q_enum: list[torch.Tensor]
+    names: list[str]
+    beta: float = 1.0
+
+    enumerated = True
+
+    @property
+    def num_particles(self) -> int:
+        return self.branches[0].num_particles
+
+    @property
+    def batch_size(self) -> int:
+        return self.branches[0].batch_size
+
+    @property
+    def data_scale(self) -> float:
+        return self.branches[0].data_scale
+
+    @property
+    def plate_name(self) -> str:
+        return self.branches[0].plate_name
+
+    @property
+    def latents(self) -> list[LatentSite]:
+        """The continuous latent sites of every branch."""
+        return [s for b in self.branches for s in b.latents]
+
+    def require_local(self) -> None:
+        for b in self.branches:
+            b.require_local()
+
+    def global_sites(self) -> list[str]:
+        return sorted({n for b in self.branches for n in b.global_sites()})
+
+    def q_enum(self) -> torch.Tensor:
+        """q(y_c | x) as a ``(C, K|1, B)`` tensor (differentiable in the guide's parameters)."""
+        B = self.batch_size
+        return torch.stack([t.expand(t.shape[0], B) for t in self.log_q_enum]).exp()
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log Σ_c p(x, y_c, z_kc) / q(z_kc | x, y_c), ``(K, B)``."""
+        return torch.logsumexp(torch.stack([b.log_weights for b in self.branches]), dim=0)
+
+    def scale_latents(self, beta: float) -> "EnumeratedParticles":
+        """Every latent density, the enumerated ones' included, multiplied by β."""
+        return EnumeratedParticles([b.scale_latents(beta) for b in self.branches], self.log_q_enum, self.names,
+                                   self.beta * float(beta))
+
+
+def _enumerate(model, guide, args, kwargs, traces, enum, plate_name, plate, require_plate) -> EnumeratedParticles:
+    gt = traces.guide_trace
+    order = [n for n, site in gt.nodes.items() if is_latent(site)]
+    first_continuous = next((i for i, n in enumerate(order) if n not in enum), len(order))
+    for name in enum:
+        site = gt.nodes[name]
+        if order.index(name) > first_continuous:
+            raise ValueError(
+                f"guide site {name!r} is marked for enumeration but is drawn after the latent "
+                f"{order[first_continuous]!r}; exact summation needs the enumerated sites drawn first in the guide "
+                f"(as in M2's q(y|x) q(z|x,y)). Fix: draw {name!r} before the continuous latents, or remove its "
+                "infer={'enumerate': ...} to sample it"
+            )
+        if not reduce_site(torch.zeros(()), site, traces, plate_name)[1]:
+            raise PlateError(
+                f"guide site {name!r} is marked for enumeration but sits outside the {plate_name!r} plate; exact "
+                f"summation is per datapoint. Fix: move it inside `pyro.plate({plate_name!r}, ...)`"
+            )
+        if not getattr(site["fn"], "has_enumerate_support", False):
+            raise ValueError(f"guide site {name!r} is marked for enumeration but {type(site['fn']).__name__} "
+                             "has no finite support to enumerate; remove its infer={'enumerate': ...}")
+    supports = [gt.nodes[n]["fn"].enumerate_support(expand=True) for n in enum]
+    sizes = [int(sup.shape[0]) for sup in supports]
+    if math.prod(sizes) > MAX_ASSIGNMENTS:
+        raise ValueError(
+            f"the enumerated sites {enum} have {math.prod(sizes)} joint values (> {MAX_ASSIGNMENTS}); summing them "
+            "exactly would run the program that many times. Fix: enumerate fewer sites, or sample some"
+        )
+    branches, log_q = [], []
+    for combo in itertools.product(*(range(c) for c in sizes)):
+        data = {n: sup[i] for n, sup, i in zip(enum, supports, combo)}
+        t = particle_traces(poutine.condition(model, data=data), poutine.condition(guide, data=data), args, kwargs,
+                            traces.num_particles, traces.max_plate_nesting, plate_name, particle_plate=plate,
+                            require_plate=require_plate, check=False)  # the pair was checked unconditioned
+        branches.append(from_traces(t, plate_name, enumerated=frozenset(enum)))
+        lq = None
+        for n in enum:
+            g = t.guide_trace.nodes[n]
+            r = _scaled(g["scale"] / t.data_scale, reduce_site(g["fn"].log_prob(g["value"]), g, t, plate_name)[0])
+            lq = r if lq is None else lq + r
+        log_q.append(lq)
+    return EnumeratedParticles(branches, log_q, list(enum))
 
 
 # -- producer 2: a plain VAE's components ------------------------------------------------------------
@@ -722,14 +986,23 @@ class DataArgs:
 
     def take(self, index: Any) -> tuple[tuple, dict]:
         """The arguments of the datapoints ``index`` selects (a slice or an index tensor)."""
-        args = tuple(a[index] if i in self.positions else a for i, a in enumerate(self.args))
-        kwargs = {k: (v[index] if k in self.names else v) for k, v in self.kwargs.items()}
+        args = tuple(_rows(a, index) if i in self.positions else a for i, a in enumerate(self.args))
+        kwargs = {k: (_rows(v, index) if k in self.names else v) for k, v in self.kwargs.items()}
         return args, kwargs
 
     def rebased(self, index: Any) -> "DataArgs":
         """The same marks on the arguments of the datapoints ``index`` selects."""
         args, kwargs = self.take(index)
         return DataArgs(args, kwargs, self.positions, self.names)
+
+
+def _rows(value: Any, index: Any) -> Any:
+    """The rows ``index`` (a slice or an index tensor) of a tensor, array or sequence."""
+    if isinstance(index, slice) or hasattr(value, "shape"):
+        return value[index.to(value.device) if isinstance(value, torch.Tensor) and isinstance(index, torch.Tensor)
+                     else index]
+    rows = [value[i] for i in index.tolist()]
+    return type(value)(rows) if isinstance(value, (list, tuple)) else rows
 
 
 def data_args(num_data: int, args: tuple, kwargs: dict, per_datapoint: Any = None) -> DataArgs:
@@ -837,6 +1110,10 @@ __all__ = [
     "ObservedSite",
     "ParticleTraces",
     "from_traces",
+    "EnumeratedParticles",
+    "BroadcastError",
+    "stack_particles",
+    "enumerated_sites",
     "from_vae",
     "plain_vae",
     "traced_particles",

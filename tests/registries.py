@@ -47,6 +47,7 @@ OBJECTIVES: dict[str, Callable[[], O.Objective]] = {
     "piwae": lambda: O.PIWAE(2, 2),
     "piwae_dreg": lambda: O.PIWAE(2, 2, encoder_gradient="dreg"),
     "renyi": lambda: O.RenyiBound(0.5, 4),
+    "vimco": lambda: O.VIMCO(4),
     "beta_elbo": lambda: O.BetaVAE(O.ELBO(), 2.0),
     "beta_iwae": lambda: O.BetaVAE(O.IWAE(4), 0.5),
     "warmup_elbo": lambda: O.KLWarmup(O.ELBO(), 10),

@@ -174,12 +174,24 @@ class _SiteSwap(Messenger):
         if site is None:
             raise ValueError(f"guide site {name!r} appeared after refinement started; the guide's sites must not change")
         new = site.distribution()
-        if tuple(new.batch_shape) != tuple(msg["fn"].batch_shape):
+        want = tuple(msg["fn"].batch_shape)
+        if tuple(new.batch_shape) != want and _broadcasts_to(tuple(new.batch_shape), want):
+            # a hierarchical guide's site carries the particle dim of the draws it depends on; the refined
+            # (mean-field) site depends on nothing, so it is the same for every particle
+            new = new.expand(want)
+        if tuple(new.batch_shape) != want:
             raise ValueError(
                 f"site {name!r}: refined parameters have batch shape {tuple(new.batch_shape)} but the guide built "
                 f"{tuple(msg['fn'].batch_shape)}; refined guides are tied to the datapoints they were fitted on"
             )
         msg["fn"] = new
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == torch.Size(target)
+    except RuntimeError:
+        return False
 
 
 class RefinedGuide:

@@ -30,6 +30,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from ..distributions import UniformMixture
+from ..program import is_latent, latent_kl, traced_particles
 from ..vae import DATA_PLATE
 from ._common import (
     DEFAULT_MEMORY_BUDGET,
@@ -290,19 +291,28 @@ def latent_diagnostics(
                 )
             mt = trace_model_on(cp, xb, gt)
             p = mt.nodes[name]["fn"]
+            if lo == 0:
+                prior_depends = _depends_on_draws(cp, xb, name, gt, mt)
             mean, var = _moments(q, num_samples)
             means.append(mean.double().cpu())
             variances.append(var.double().cpu())
-            kd, method = _kl_per_dim(q, p, num_samples)
-            kl_dim.append(kd.double().cpu())
-            methods.add(method)
-            kp = _closed_form_kl(q, p)
-            if kp is not None:
-                total_methods.add("closed form")
+            if prior_depends:
+                # p(z | parents) changes with the guide's draws of other latents: the site's KL term of
+                # the ELBO, E_q[log q(z|x) − log p(z|parents)], averaged over joint draws of the guide
+                kd, kp, method = _joint_kl(cp, xb, name, num_samples)
+                methods.add(method)
+                total_methods.add(method)
             else:
-                z = q.sample((num_samples,))
-                kp = (q.log_prob(z) - p.log_prob(z)).mean(0)
-                total_methods.add(f"monte carlo ({num_samples} draws)")
+                kd, method = _kl_per_dim(q, p, num_samples)
+                methods.add(method)
+                kp = _closed_form_kl(q, p)
+                if kp is not None:
+                    total_methods.add("closed form")
+                else:
+                    z = q.sample((num_samples,))
+                    kp = (q.log_prob(z) - p.log_prob(z)).mean(0)
+                    total_methods.add(f"monte carlo ({num_samples} draws)")
+            kl_dim.append(kd.double().cpu())
             kl_point.append(kp.double().cpu().expand(hi - lo))
             qs.append(q)
         mean = torch.cat(means)
@@ -335,6 +345,50 @@ def latent_diagnostics(
         explanation=_explain(int(active.sum()), int(mean.shape[1]), mi, mi_max, total, collapsed, inactive,
                              collapse_threshold),
     )
+
+
+def _depends_on_draws(cp: Any, xb: torch.Tensor, name: str, gt: Any, mt: Any) -> bool:
+    """Whether the site's prior p(z | parents) depends on other latent draws; raises if its guide
+    distribution q does (then q(z|x) of one datapoint is not a distribution to diagnose).
+
+    Decided by running the guide again on a fresh random stream and comparing both densities at the
+    same value: a distribution built from x and parameters alone gives the same numbers.
+    """
+    z = gt.nodes[name]["value"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2**31 - 17)  # any stream other than the caller's; forked, so the caller's is untouched
+        gt2 = trace_guide(cp, xb)
+        mt2 = trace_model_on(cp, xb, gt2)
+    q1, q2 = gt.nodes[name]["fn"].log_prob(z), gt2.nodes[name]["fn"].log_prob(z)
+    if not torch.allclose(q1, q2, rtol=1e-5, atol=1e-6, equal_nan=True):
+        others = [n for n, site in gt.nodes.items() if is_latent(site) and n != name]
+        raise ValueError(
+            f"latent_diagnostics needs the guide's distribution of site {name!r} to depend on x only, but it changes "
+            f"with the guide's draws of other latents ({others}): q({name}|x) of one datapoint is a mixture over them, "
+            "and a KL or a posterior moment computed for one draw would depend on the seed. Fix: diagnose a site the "
+            "guide draws from x alone (site=...), or use importance_diagnostics / inference_gaps, which take any guide"
+        )
+    p1, p2 = mt.nodes[name]["fn"].log_prob(z), mt2.nodes[name]["fn"].log_prob(z)
+    return not torch.allclose(p1, p2, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def _joint_kl(cp: Any, xb: torch.Tensor, name: str, num_samples: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Per-dimension ``(B, L)`` and total ``(B,)`` KL terms of a site whose prior depends on other
+    latents: E over ``num_samples`` joint guide draws of KL(q(z|x) ‖ p(z|parents)) — closed form per
+    draw where the parents were drawn before z by the guide, else log q − log p."""
+    particles = traced_particles(cp.model, cp.guide, cp.call_args(xb), cp.kwargs, num_samples, cp.max_plate_nesting,
+                                 cp.plate_name)
+    site = next(s for s in particles.latents if s.name == name)
+    total, how = latent_kl(site)
+    B = xb.shape[0]
+    total = total.expand(num_samples, B).mean(0)
+    try:
+        per_dim, _ = latent_kl(site, per_dim=True)
+        per_dim = per_dim.expand(num_samples, B, per_dim.shape[-1]).mean(0)
+    except NotImplementedError:  # not factorized: the total only
+        per_dim = torch.full((B, int(site.q.event_shape[0])), math.nan, dtype=total.dtype)
+    kind = "closed form per draw" if how == "analytic" else "monte carlo"
+    return per_dim, total, f"{kind}, averaged over {num_samples} joint draws (the prior depends on other latents)"
 
 
 def _as_mvn(d: Any) -> Any:

@@ -19,6 +19,7 @@ from .base import Objective, Terms, log_mean_exp
 from .elbo import ELBO
 from .iwae import CIWAE, IWAE, MIWAE, PIWAE, ImportanceObjective
 from .renyi import RenyiBound
+from .vimco import VIMCO
 from .weighting import BetaVAE, FreeBits, KLWarmup, ObjectiveWrapper, find_warmup, scale_latents
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "CIWAE",
     "PIWAE",
     "RenyiBound",
+    "VIMCO",
     "ObjectiveWrapper",
     "BetaVAE",
     "KLWarmup",

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from ..program import LatentSite, Particles, latent_kl
+from ..program import EnumeratedParticles, LatentSite, Particles, PlateError, latent_kl
 from .base import Objective, Terms
 
 
@@ -64,11 +64,16 @@ class ELBO(Objective):
         self.kl_sites[name] = method
         return kl
 
-    def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:
+    def _loss(self, particles: Particles | EnumeratedParticles) -> tuple[torch.Tensor, Terms]:
+        if particles.enumerated:
+            return self._enumerated_loss(particles)
         K, B, ds = particles.num_particles, particles.batch_size, particles.data_scale
         beta = particles.beta
         kl_sum = None  # Σ_b mean_k of the per-datapoint KL terms, relative-scaled
         global_total = particles.global_log_lik() if particles.global_sites() else None  # scaled, summed
+        for f in particles.fixed:  # an enumerated site's value in this branch: −log p(y) joins the KL
+            term = -_sum_mean_k(f.log_prob, K, B) * (beta * f.scale)
+            kl_sum = term if kl_sum is None else kl_sum + term
         for site in particles.latents:
             if site.p is None:  # auxiliary guide site: enters as −log q
                 kl = site.reduce(site.q.log_prob(site.value))
@@ -95,6 +100,50 @@ class ELBO(Objective):
                 kl=torch.zeros((), dtype=rec_sum.dtype) if kl_sum is None else kl_sum / B,
             )
         return -bound_sum, terms
+
+    def _enumerated_loss(self, particles: EnumeratedParticles) -> tuple[torch.Tensor, Terms]:
+        """Σ_c q(y_c | x) (ELBO_c − β log q(y_c | x)) per datapoint, as TraceEnum_ELBO sums it."""
+        if particles.global_sites():
+            raise PlateError(
+                f"ELBO with enumerated sites {particles.names}: site {particles.global_sites()[0]!r} sits outside the "
+                f"{particles.plate_name!r} plate, and a global site cannot be shared by the branches of a per-datapoint "
+                "sum. Fix: keep every site of an enumerated program inside the data plate, or train it with "
+                "pyro.infer.TraceEnum_ELBO"
+            )
+        B, ds = particles.batch_size, particles.data_scale
+        q = particles.q_enum().mean(1)  # (C, B): q(y_c | x) does not depend on the particles
+        bound = rec = None
+        for c, branch in enumerate(particles.branches):
+            local = _per_datapoint(branch, self)
+            log_qc = particles.log_q_enum[c].expand(-1, B).mean(0)
+            b_c = q[c] * (local[0] - particles.beta * log_qc)
+            r_c = q[c] * local[1]
+            bound = b_c if bound is None else bound + b_c
+            rec = r_c if rec is None else rec + r_c
+        bound_sum = ds * bound.sum()
+        with torch.no_grad():
+            terms = Terms(bound=bound.sum() / B, reconstruction=rec.sum() / B, kl=(rec - bound).sum() / B)
+        return -bound_sum, terms
+
+
+def _per_datapoint(particles: Particles, elbo: ELBO) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-datapoint ``(B,)`` ELBO and reconstruction term of a record whose sites are all local."""
+    B, beta = particles.batch_size, particles.beta
+
+    def mean_k(t: torch.Tensor) -> torch.Tensor:  # (K|1, B|1) -> (B,)
+        return t.expand(B) if t.dim() == 0 else t.expand(t.shape[0], B).mean(0)
+
+    rec = mean_k(particles.log_lik)
+    bound = rec
+    for f in particles.fixed:
+        bound = bound + (beta * f.scale) * mean_k(f.log_prob)
+    for site in particles.latents:
+        if site.p is None:
+            kl, scale = site.reduce(site.q.log_prob(site.value)), beta * site.q_scale
+        else:
+            kl, scale = elbo._kl(site), beta * site.p_scale
+        bound = bound - scale * mean_k(kl)
+    return bound, rec
 
 
 def _sum_mean_k(t: torch.Tensor, K: int, B: int) -> torch.Tensor:

@@ -67,7 +67,7 @@ from typing import Any
 
 import torch
 
-from ..program import Particles, stop_parameters
+from ..program import EnumeratedParticles, Particles, stop_parameters
 from .base import Objective, Terms, log_mean_exp
 
 #: gradient estimators of the importance-weighted bounds
@@ -110,7 +110,9 @@ class ImportanceObjective(Objective):
     def _check_particles(self, particles: Particles) -> None:
         """Hook for shape checks (e.g. particles = num_outer · num_inner)."""
 
-    def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:
+    def _loss(self, particles: Particles | EnumeratedParticles) -> tuple[torch.Tensor, Terms]:
+        if particles.enumerated:
+            return self._enumerated_loss(particles)
         self._check_particles(particles)
         particles.require_local()
         who = type(self).__name__
@@ -151,6 +153,32 @@ class ImportanceObjective(Objective):
             reconstruction=particles.log_lik.detach().mean(),
             kl=(log_q - particles.log_prior).detach().mean(),
         )
+        return loss, terms
+
+
+    def _enumerated_loss(self, particles: EnumeratedParticles) -> tuple[torch.Tensor, Terms]:
+        """The bound on log w_k = log Σ_c p(x, y_c, z_kc) / q(z_kc | x, y_c) (y summed exactly),
+        with the standard gradient Σ_k c_k ∇ log w_k."""
+        self._check_particles(particles)
+        particles.require_local()
+        who = type(self).__name__
+        logw = particles.log_weights
+        lw = logw.detach()
+        bound, c_model, c_sample = self._combine(lw)
+        if self._stop_q or c_model is not c_sample:
+            raise NotImplementedError(
+                f"{who} with gradient={getattr(self, 'gradient', '?')!r} on a program whose guide enumerates "
+                f"{particles.names}: stopped-parameter and routed estimators (STL, DReG, PIWAE's split) are not "
+                "derived for weights summed over enumerated values. Fix: gradient='standard' (IWAE, MIWAE, CIWAE, "
+                "RenyiBound), or sample the discrete site instead of enumerating it"
+            )
+        self.last_log_weights = lw
+        surrogate = (c_sample * logw).sum() if torch.is_grad_enabled() and logw.requires_grad else lw.new_zeros(())
+        loss = -particles.data_scale * (bound.sum() + (surrogate - surrogate.detach()))
+        with torch.no_grad():
+            q = particles.q_enum().mean(1)  # (C, B)
+            rec = sum(q[c] * b.log_lik.mean(0) for c, b in enumerate(particles.branches))
+            terms = Terms(bound=bound.mean(), reconstruction=rec.mean(), kl=(rec - bound).mean())
         return loss, terms
 
 

@@ -48,7 +48,7 @@ from typing import Any, Callable
 import torch
 from pyro.poutine.messenger import Messenger
 
-from ..program import Particles, ParticleTraces, PlateError, from_traces, is_latent, latent_kl
+from ..program import Particles, ParticleTraces, PlateError, is_latent, latent_kl
 from .base import Objective, Terms
 
 
@@ -142,7 +142,7 @@ class ObjectiveWrapper(Objective):
 
     def particles(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Particles:  # noqa: D102
         if not self.use_fast_path:
-            return from_traces(self.objective.traces(model, guide, *args, **kwargs), self.plate_name)
+            return self.objective.traced(model, guide, *args, **kwargs)
         return self.objective.particles(model, guide, *args, **kwargs)
 
     def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:
@@ -295,6 +295,12 @@ class FreeBits(ObjectiveWrapper):
         return bool(getattr(self.objective, "analytic_kl", True))
 
     def _loss(self, particles: Particles) -> tuple[torch.Tensor, Terms]:  # noqa: D102
+        if particles.enumerated:
+            raise NotImplementedError(
+                f"FreeBits on a program whose guide enumerates {particles.names}: a free-bits floor per latent group "
+                "is not defined for a KL summed over enumerated values. Fix: apply FreeBits to the continuous "
+                "latents of a program without enumerated sites, or use BetaVAE / KLWarmup"
+            )
         for site in particles.latents:  # refuse before any work
             if site.p is not None and not site.in_plate:
                 raise PlateError(
@@ -304,8 +310,8 @@ class FreeBits(ObjectiveWrapper):
                 )
         loss, terms = self.objective._loss(particles)
         beta = particles.beta * _inner_beta(self.objective)  # the KL weight on each group's site
-        penalty = torch.zeros(())
-        group_kl = {}
+        # per site: Σ over its entries (particles run one at a time give one entry per particle)
+        kls, scales = {}, {}
         for site in particles.latents:
             if site.p is None:
                 continue
@@ -313,9 +319,15 @@ class FreeBits(ObjectiveWrapper):
             if self.groups == "site":
                 kl = kl.unsqueeze(-1)
             self.kl_sites[site.name] = "analytic" if method == "analytic" else "monte carlo"
-            kl_bar = kl.expand(particles.num_particles, particles.batch_size, kl.shape[-1]).mean(dim=(0, 1))
-            group_kl[site.name] = kl_bar.detach()
-            penalty = penalty + (beta * site.p_scale * torch.clamp(self.threshold - kl_bar, min=0.0)).sum()
+            kl = kl.expand(particles.num_particles, particles.batch_size, kl.shape[-1])
+            kls[site.name] = kl if site.name not in kls else kls[site.name] + kl
+            scales[site.name] = site.p_scale
+        penalty = torch.zeros(())
+        group_kl = {}
+        for name, kl in kls.items():
+            kl_bar = kl.mean(dim=(0, 1))
+            group_kl[name] = kl_bar.detach()
+            penalty = penalty + (beta * scales[name] * torch.clamp(self.threshold - kl_bar, min=0.0)).sum()
         self.last_group_kl = group_kl
         n_total = particles.data_scale * particles.batch_size
         loss = loss + n_total * penalty

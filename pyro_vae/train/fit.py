@@ -25,6 +25,7 @@ from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywid
 from .._typing import DeviceLike
 from ..data import Batches, DataError, as_data, model_dtype, validate_array
 from ..objectives import ELBO, Objective
+from ..program import DataArgs, data_args
 from ..vae import VAE
 from .state import (BEST, CHECKPOINT, METRICS, VAL, EpochMeter, History, RunState, all_finite, clean_temp_files, open_run,
                     restore_rng, restore_training, rng_state, run_lock)
@@ -133,30 +134,99 @@ def evaluate_bound(
     objective: pyro.infer.ELBO | None = None,
     batch_size: int = 500,
     pass_num_data: bool = True,
+    extra: DataArgs | None = None,
 ) -> float:
-    """The objective's bound per datapoint on ``x`` (default: the ELBO with one particle)."""
+    """The objective's bound per datapoint on ``x`` (default: the ELBO with one particle).
+
+    ``extra`` holds the program's arguments after x; its per-datapoint ones are sliced with x."""
     objective = objective if objective is not None else ELBO()
+    extra = extra if extra is not None else DataArgs((), {}, frozenset(), frozenset())
     total = 0.0
     for lo in range(0, x.shape[0], batch_size):
         xb = x[lo : lo + batch_size]
+        a, k = extra.chunk(lo, lo + xb.shape[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the MC-KL notice was given in training
             if pass_num_data:
-                total += -float(objective.loss(model, guide, xb, num_data=None))
+                total += -float(objective.loss(model, guide, xb, *a, num_data=None, **k))
             else:
-                total += -float(objective.loss(model, guide, xb))
+                total += -float(objective.loss(model, guide, xb, *a, **k))
     return total / x.shape[0]
+
+
+def _on(extra: DataArgs, device: torch.device) -> DataArgs:
+    """The per-datapoint tensors moved to ``device`` (the others as they are)."""
+    if not (extra.positions or extra.names):
+        return extra
+    args = tuple(a.to(device) if i in extra.positions and isinstance(a, torch.Tensor) else a
+                 for i, a in enumerate(extra.args))
+    kwargs = {k: (v.to(device) if k in extra.names and isinstance(v, torch.Tensor) else v)
+              for k, v in extra.kwargs.items()}
+    return DataArgs(args, kwargs, extra.positions, extra.names)
+
+
+def program_args(
+    train: torch.Tensor, val: torch.Tensor | None, model_args: Sequence, model_kwargs: dict | None,
+    val_args: Sequence | None, val_kwargs: dict | None, per_datapoint: Sequence | None,
+) -> tuple[DataArgs, DataArgs | None]:
+    """The program's arguments after x for training and validation, per-datapoint ones marked
+    (tensors with one row per datapoint, or named in ``per_datapoint``), checked before any work:
+    a validation argument must be per-datapoint (``len(val)`` rows) exactly where its training
+    counterpart is (``len(train)`` rows), and otherwise the same object."""
+    model_kwargs = dict(model_kwargs or {})
+    if "num_data" in model_kwargs:
+        raise ValueError("num_data is passed by fit itself (the size of the training data); remove it from model_kwargs")
+    tr = data_args(train.shape[0], tuple(model_args), model_kwargs, per_datapoint)
+    if val is None:
+        return tr, None
+    if val_args is None and val_kwargs is None:
+        if tr.positions or tr.names:
+            raise ValueError(
+                "the training arguments after x include per-datapoint ones "
+                f"({_describe_marks(tr)}); pass the validation data's own as val_args= / val_kwargs="
+            )
+        return tr, DataArgs(tr.args, tr.kwargs, frozenset(), frozenset())
+    v_args, v_kwargs = tuple(val_args or ()), dict(val_kwargs or {})
+    if len(v_args) != len(tr.args) or set(v_kwargs) != set(tr.kwargs):
+        raise ValueError(
+            f"val_args/val_kwargs must mirror model_args/model_kwargs (got {len(v_args)} positional and keywords "
+            f"{sorted(v_kwargs)} for validation, {len(tr.args)} and {sorted(tr.kwargs)} for training)"
+        )
+    n = val.shape[0]
+    for i, (a, b) in enumerate(zip(tr.args, v_args)):
+        _check_mirror(i in tr.positions, b, n, f"val_args[{i}]")
+    for key in tr.kwargs:
+        _check_mirror(key in tr.names, v_kwargs[key], n, f"val_kwargs[{key!r}]")
+    return tr, DataArgs(v_args, v_kwargs, tr.positions, tr.names)
+
+
+def _describe_marks(d: DataArgs) -> str:
+    return ", ".join([f"model_args[{i}]" for i in sorted(d.positions)] + [f"model_kwargs[{k!r}]" for k in sorted(d.names)])
+
+
+def _check_mirror(per_datapoint: bool, value: Any, n: int, where: str) -> None:
+    if not per_datapoint:
+        return
+    length = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() >= 1 else (
+        len(value) if hasattr(value, "__len__") else None)
+    if length != n:
+        raise ValueError(
+            f"{where} has {length} rows but the validation data have {n}; its training counterpart is "
+            "per-datapoint, so it needs one row per validation datapoint"
+        )
 
 
 def validation_objective(objective: Any, val_objective: Any = None) -> Any:
     """The objective validation evaluates: ``val_objective`` when given; else the training objective
     itself when it is not a pyro_vae objective (any other :class:`pyro.infer.ELBO`, e.g.
-    ``TraceEnum_ELBO`` on a program with enumerated discrete sites, which pyro_vae's ELBO refuses);
-    else ``None`` (:func:`evaluate_bound`'s default, the ELBO with one particle)."""
+    ``TraceGraph_ELBO``, which may train sampled discrete sites the ELBO refuses) or when it takes
+    non-reparameterized sites (VIMCO); else ``None`` (:func:`evaluate_bound`'s default, the ELBO with one particle)."""
     if val_objective is not None:
         return val_objective
     if isinstance(objective, pyro.infer.ELBO) and not isinstance(objective, Objective):
         return objective
+    if isinstance(objective, Objective) and not objective.requires_rsample:
+        return objective  # a score-function objective (VIMCO) takes the discrete guide sites the ELBO refuses
     return None
 
 
@@ -298,6 +368,11 @@ def fit(
     on_step: Callable[[StepInfo, float], None] | None = None,
     val_objective: pyro.infer.ELBO | None = None,
     val_batch_size: int | None = None,
+    model_args: Sequence = (),
+    model_kwargs: dict[str, Any] | None = None,
+    val_args: Sequence | None = None,
+    val_kwargs: dict[str, Any] | None = None,
+    per_datapoint: Sequence[int | str] | None = None,
 ) -> History:
     """Train a model/guide pair by maximizing ``objective`` on minibatches of ``train``.
 
@@ -336,10 +411,19 @@ def fit(
         val_objective: the bound validation reports as ``val_elbo`` (and early stopping and
             ``best.pt`` follow), e.g. ``IWAE(num_particles=1000)``; default the ELBO with one
             particle, or, when ``objective`` is a Pyro ELBO that is not a pyro_vae objective (e.g.
-            ``TraceEnum_ELBO`` on a program with enumerated discrete sites), that objective itself.
+            ``TraceEnum_ELBO`` on a program with enumerated discrete sites) or a score-function
+            objective such as :class:`~pyro_vae.objectives.VIMCO`, that objective itself.
             Evaluated with its ``loss`` on the evaluation-mode model, drawing from torch's global
             generator as training does (so resumed runs reproduce it). Ignored without ``val``.
         val_batch_size: rows per validation call (default 500); lower it for many particles.
+        model_args, model_kwargs: the program's arguments after x, ``model(x_batch, *model_args,
+            **model_kwargs)`` (a conditional VAE's labels ``ys``). Tensors with one row per training
+            datapoint, and those named in ``per_datapoint`` (position in ``model_args`` or keyword),
+            are per-datapoint: every minibatch gets their rows with the rows of x (same shuffle).
+        val_args, val_kwargs: the same for ``val`` (required when some training argument is
+            per-datapoint; each per-datapoint one must have ``len(val)`` rows).
+        per_datapoint: more per-datapoint arguments, by position or name (each must have
+            ``len(train)`` rows, else ``ValueError`` before training).
 
     Returns:
         :class:`History` of per-epoch metrics (``train_loss``, ``train_elbo``, ``val_elbo``,
@@ -360,6 +444,10 @@ def fit(
     vae = check_fit_inputs("fit", model, guide, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
                            grad_clip=grad_clip, patience=patience, dynamic_binarization=dynamic_binarization,
                            val_batch_size=val_batch_size, weight_decay=weight_decay)
+    extra, val_extra = program_args(train, val, model_args, model_kwargs, val_args, val_kwargs, per_datapoint)
+    if vae is not None and (extra.args or extra.kwargs):
+        raise TypeError("a pyro_vae.VAE's model takes only x (and num_data); model_args/model_kwargs are for your "
+                        "own programs (pass model= and guide=)")
     if resume and overwrite:
         open_run(run_dir, resume, overwrite)  # refuses the contradiction before anything is read or written
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -374,12 +462,13 @@ def fit(
                     restore_best=restore_best, dynamic_binarization=dynamic_binarization, seed=seed, device=device,
                     run_dir=run_dir, resume=resume, overwrite=overwrite, config=config, progress=progress,
                     tensorboard=tensorboard, log_grad_norm=log_grad_norm, callbacks=callbacks, on_step=on_step,
-                    val_objective=val_objective, val_batch_size=val_batch_size)
+                    val_objective=val_objective, val_batch_size=val_batch_size, extra=extra, val_extra=val_extra)
 
 
 def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimizer, lr, weight_decay, lr_schedule,
          grad_clip, patience, restore_best, dynamic_binarization, seed, device, run_dir, resume, overwrite, config,
-         progress, tensorboard, log_grad_norm, callbacks, on_step, val_objective, val_batch_size) -> History:
+         progress, tensorboard, log_grad_norm, callbacks, on_step, val_objective, val_batch_size, extra,
+         val_extra) -> History:
     """The body of :func:`fit`, after its checks, under the run directory's lock."""
     model_fn, guide_fn = (vae.model, vae.guide) if vae is not None else (model, guide)
     run_path, ckpt_path, state = open_run(run_dir, resume, overwrite)
@@ -397,7 +486,9 @@ def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimi
     val = val.to(device) if val is not None else None
     pass_num_data = scales_to_data(model_fn, guide_fn)
     kw = {"num_data": num_data} if pass_num_data else {}
-    params = collect_parameters(model_fn, guide_fn, (first.to(device),), kw)
+    extra, val_extra = _on(extra, device), (_on(val_extra, device) if val_extra is not None else None)
+    a1, k1 = extra.chunk(0, first.shape[0])
+    params = collect_parameters(model_fn, guide_fn, (first.to(device), *a1), {**kw, **k1})
     if not params:
         raise ValueError("the model and guide have no trainable parameters")
     opt = make_optimizer(optimizer, params, lr, weight_decay)
@@ -405,7 +496,7 @@ def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimi
     loss_fn: Callable[..., torch.Tensor] = lambda *a, **k: objective.differentiable_loss(model_fn, guide_fn, *a, **k)  # noqa: E731
     terms = (lambda: objective.last_terms) if hasattr(objective, "last_terms") else None
     val_kw = {"objective": validation_objective(objective, val_objective), "batch_size": val_batch_size or 500,
-              "pass_num_data": pass_num_data}
+              "pass_num_data": pass_num_data, "extra": val_extra}
 
     run = RunState(objective, patience=patience, restore_best=restore_best, run_dir=run_path, config=config,
                    callbacks=callbacks)
@@ -422,12 +513,13 @@ def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimi
             if vae is not None:
                 vae.train()
             meter.start()
-            for _, xb in batches:
+            for idx, xb in batches:
                 t0 = time.perf_counter()
                 # the loss is scaled to the data set only when the program takes num_data; otherwise it
                 # is the minibatch bound, and its per-datapoint value divides by the batch size
                 scale = num_data if pass_num_data else xb.shape[0]
-                info = train_step(loss_fn, params, opt, (xb,), kw, scale, grad_clip, terms, log_grad_norm)
+                a, k = extra.take(idx) if extra.positions or extra.names else (extra.args, extra.kwargs)
+                info = train_step(loss_fn, params, opt, (xb, *a), {**kw, **k}, scale, grad_clip, terms, log_grad_norm)
                 seconds = time.perf_counter() - t0
                 meter.add(info, xb.shape[0])
                 bar.update()
@@ -454,5 +546,5 @@ def _fit(vae, model, guide, objective, train, val, *, epochs, batch_size, optimi
     return run.history
 
 
-__all__ = ["fit", "train_step", "gradient_norm", "check_fit_inputs", "open_run", "evaluate_bound", "collect_parameters",
+__all__ = ["fit", "program_args", "train_step", "gradient_norm", "check_fit_inputs", "open_run", "evaluate_bound", "collect_parameters",
            "make_optimizer", "make_scheduler", "StepInfo", "History", "CHECKPOINT", "BEST", "METRICS"]

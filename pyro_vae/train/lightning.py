@@ -37,7 +37,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 try:
     import lightning as L
@@ -54,8 +54,10 @@ from ..config import SCALING_STRATEGIES
 from ..data import Batches, DataError
 from ..objectives import ELBO
 from ..vae import VAE
+from ..program import data_args
 from .fit import (
     StepInfo,
+    _on,
     check_fit_inputs,
     collect_parameters,
     evaluate_bound,
@@ -235,6 +237,7 @@ class VAELightningModule(L.LightningModule):
         log_grad_norm: bool = False,
         val_objective: pyro.infer.ELBO | None = None,
         val_batch_size: int | None = None,
+        val_args: Sequence = (),
     ) -> None:
         super().__init__()
         if isinstance(model, VAE):
@@ -264,6 +267,8 @@ class VAELightningModule(L.LightningModule):
         self.log_grad_norm = log_grad_norm
         # the bound validation reports: val_objective, else a Pyro ELBO itself, else the ELBO (as fit)
         self.val, self.val_batch_size = val, val_batch_size or 500
+        #: the program's arguments after x for ``val`` (per-datapoint ones: ``len(val)`` rows, sliced with it)
+        self.val_extra = data_args(val.shape[0], tuple(val_args), {}) if val is not None else None
         self.val_objective = validation_objective(objective, val_objective)
         #: history, early stopping and (under :func:`fit_distributed`) the run directory
         self.run = RunState(objective, patience=patience, restore_best=restore_best)
@@ -311,14 +316,17 @@ class VAELightningModule(L.LightningModule):
         return self.optimizer  # the schedule is stepped per epoch by the run state, as in fit
 
     # -- one step -----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The objective's loss on a minibatch ``x`` (scaled to ``num_data``)."""
+    def forward(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        """The objective's loss on a minibatch ``x`` (scaled to ``num_data``); ``args`` are the
+        program's per-datapoint arguments after x for the same rows (a conditional VAE's labels)."""
         kw = {"num_data": self.num_data} if self.pass_num_data else {}
-        return self.elbo(x, **kw)
+        return self.elbo(x, *args, **kw)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # noqa: D102
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        loss = self(x)
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One step on ``x`` or on ``(x, *per_datapoint_args)`` (a ``TensorDataset(x, ys)``
+        batch: every element after x goes to the program with the same rows)."""
+        x, args = (batch[0], tuple(batch[1:])) if isinstance(batch, (tuple, list)) else (batch, ())
+        loss = self(x, *args)
         value = float(loss.detach())
         if self.check_finite and not math.isfinite(value):  # (under 16-mixed the loss scaler skips the step)
             raise non_finite("loss", value)
@@ -357,12 +365,16 @@ class VAELightningModule(L.LightningModule):
     def validation_elbo(self, val: torch.Tensor) -> float:
         """The validation bound per datapoint on ``val``, in float32, shared over the processes."""
         world, rank = self.trainer.world_size if self._trainer is not None else 1, self.global_rank
-        shard = torch.tensor_split(val, world)[rank] if world > 1 else val
+        rows = torch.tensor_split(torch.arange(val.shape[0]), world)[rank] if world > 1 else None
+        shard = val[rows] if rows is not None else val
+        extra = self.val_extra if val is self.val and self.val_extra is not None else data_args(val.shape[0], (), {})
+        extra = extra.rebased(rows) if rows is not None else extra
         total = [0.0, 0.0]
         if shard.shape[0] > 0:
             with full_precision(self.device.type):
                 bound = evaluate_bound(self.model_fn, self.guide_fn, shard.to(self.device), objective=self.val_objective,
-                                       batch_size=self.val_batch_size, pass_num_data=self.pass_num_data)
+                                       batch_size=self.val_batch_size, pass_num_data=self.pass_num_data,
+                                       extra=_on(extra, self.device))
             total = [bound * shard.shape[0], float(shard.shape[0])]
         if self._trainer is not None:
             total = self._reduce_sum(total)
