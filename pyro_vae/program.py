@@ -41,6 +41,7 @@ the Monte Carlo term for that site and says so).
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import weakref
@@ -127,6 +128,8 @@ class ParticleTraces:
     data_scale: float  # num_data / batch_size, from the data plate's subsampling
     #: whether the program has the data plate (else it is one datapoint: batch_size 1)
     data_plate: bool = True
+    #: replays the model (as traced: with or without the particle plate) on a guide trace
+    replay_model: Callable[[poutine.Trace], poutine.Trace] | None = field(default=None, repr=False)
 
     @property
     def num_dims(self) -> int:
@@ -197,7 +200,7 @@ def particle_traces(
         guide_trace = poutine.trace(run_guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(run_model, trace=guide_trace)).get_trace(*args, **kwargs)
     except (RuntimeError, IndexError, ValueError, TypeError) as e:
-        if not particle_plate or isinstance(e, (PlateError, BroadcastError)) or not _runs_unvectorized(model, guide, args, kwargs):
+        if not particle_plate or isinstance(e, (PlateError, BroadcastError)) or not runs_as_written(model, guide, args, kwargs):
             raise
         raise BroadcastError(
             f"the model/guide failed when run with {num_particles} vectorized particles (an outer "
@@ -218,7 +221,8 @@ def particle_traces(
                 f"model and guide to declare their datapoints with `with pyro.plate({plate_name!r}, N):` "
                 "(or pass plate_name= naming your data plate)"
             )
-        return ParticleTraces(model_trace, guide_trace, num_particles, max_plate_nesting, 1, 1.0, data_plate=False)
+        return ParticleTraces(model_trace, guide_trace, num_particles, max_plate_nesting, 1, 1.0, data_plate=False,
+                              replay_model=_replayer(run_model, args, kwargs))
     if frame.dim is None:
         raise PlateError(f"the {plate_name!r} plate must be vectorized (give it a dim), not a sequential plate")
     size = frame.size
@@ -234,10 +238,41 @@ def particle_traces(
         max_plate_nesting=max_plate_nesting,
         batch_size=int(size),
         data_scale=float(full) / float(size),
+        replay_model=_replayer(run_model, args, kwargs),
     )
 
 
-def _runs_unvectorized(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> bool:
+def _replayer(model: Callable, args: tuple, kwargs: dict) -> Callable[[poutine.Trace], poutine.Trace]:
+    def replay(guide_trace: poutine.Trace) -> poutine.Trace:
+        with poutine.block():
+            return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+
+    return replay
+
+
+def prior_depends_on(traces: ParticleTraces, name: str, others: list[str]) -> bool:
+    """Does the model's distribution of site ``name`` change when the guide's samples of ``others``
+    change? Replays the model on a copy of the guide trace with those samples redrawn (on a forked
+    random stream) and compares the two log-densities at the same value."""
+    if traces.replay_model is None or not others:
+        return bool(others)
+    gt = traces.guide_trace.copy()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(2**31 - 29)
+        for o in others:
+            site = gt.nodes[o] = dict(gt.nodes[o])
+            site["value"] = site["fn"].sample()
+        try:
+            mt = traces.replay_model(gt)
+        except Exception:  # noqa: BLE001 - a redraw the program cannot take: assume it depends
+            return True
+    z = traces.model_trace.nodes[name]["value"].detach()
+    before = traces.model_trace.nodes[name]["fn"].log_prob(z)
+    after = mt.nodes[name]["fn"].log_prob(z)
+    return before.shape != after.shape or not torch.allclose(before.detach(), after, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def runs_as_written(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> bool:
     """Does the pair run as written (no particle plate)? On a forked random stream, hidden."""
     try:
         with torch.random.fork_rng(devices=[]), poutine.block():
@@ -264,6 +299,7 @@ def reduce_site(
             f"allow (max_plate_nesting={traces.max_plate_nesting}); declare the missing plate or use .to_event()"
         )
     value = value.reshape((1,) * (n - nb) + tuple(value.shape))
+    _check_batch_shape(value, site, traces, event_dims)
     mask = site["mask"]
     if mask is not None and mask is not True:
         # poutine.mask accepts a Python bool as well as a bool tensor
@@ -281,6 +317,32 @@ def reduce_site(
     if others:
         value = value.sum(dim=others)
     return value, True
+
+
+def _check_batch_shape(value: torch.Tensor, site: dict, traces: ParticleTraces, event_dims: int) -> None:
+    """Pyro's log_prob shape rule (``pyro.util.check_site_shape``): a batch dim is the particle dim
+    (size 1 or K), a plate's dim (1 or its size), or a dim inside the plates' span; left of the
+    outermost plate it must be 1. Else the program has undeclared batch dims: an error naming the site."""
+    n = traces.num_dims
+    shape = tuple(value.shape[:n])
+    sizes = {f.dim: f.size for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE}
+    outer = min(sizes, default=0)
+    bad = shape[0] not in (1, traces.num_particles)
+    for d in range(1, n):
+        pd, size = d - n, shape[d]
+        if pd in sizes:
+            known = sizes[pd] is not None and sizes[pd] > 0  # a plate declared without a size takes any
+            bad |= known and size not in (1, sizes[pd])
+        elif pd < outer:
+            bad |= size != 1
+    if bad:
+        expected = ["K" if d == 0 else sizes.get(d - n, "1" if d - n < outer else "any") for d in range(n)]
+        raise ValueError(
+            f"at site {site['name']!r}, invalid log_prob shape {tuple(value.shape[:n])}: with max_plate_nesting="
+            f"{traces.max_plate_nesting} and the particle dim (K={traces.num_particles}) the batch dims must be "
+            f"{tuple(expected)}. Fix: enclose the batched tensor in a `with pyro.plate(...)` context, or "
+            ".to_event(...) the distribution being sampled"
+        )
 
 
 def site_log_prob(site: dict, traces: ParticleTraces, plate_name: str = DATA_PLATE) -> tuple[torch.Tensor, bool]:
@@ -396,6 +458,9 @@ class LatentSite:
     reduce: Callable[..., torch.Tensor]
     #: the model site's reduction (its own mask); ``None``: the same as ``reduce``
     reduce_p: Callable[..., torch.Tensor] | None = None
+    #: where the draw order alone forbids the closed form: does p really depend on the guide's later
+    #: draws? (a replay with those draws changed; ``None``: not needed or not available)
+    order_probe: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -618,6 +683,8 @@ def latent_kl(site: LatentSite, analytic: bool = True, per_dim: bool = False) ->
         try:
             kl = kl_divergence(q, p)
             method = "analytic"
+            if not isinstance(kl, torch.Tensor):  # a masked-out pair's registered KL is the number 0
+                kl = torch.as_tensor(kl, dtype=z.dtype, device=z.device).expand(q.batch_shape)
         except NotImplementedError:
             kl = None
         if kl is not None and not site.closed_form_ok:
@@ -646,6 +713,18 @@ def _closed_form_ok(name: str, model_order: list[str], guide_order: dict[str, in
     return True
 
 
+def _drawn_later(name: str, model_order: list[str], guide_order: dict[str, int]) -> list[str]:
+    """The latents the model draws before ``name`` but the guide draws after it."""
+    here = guide_order[name]
+    out = []
+    for other in model_order:
+        if other == name:
+            break
+        if guide_order.get(other, -1) > here:
+            out.append(other)
+    return out
+
+
 def from_traces(traces: ParticleTraces, plate_name: str = DATA_PLATE, enumerated: frozenset = frozenset()) -> Particles:
     """The :class:`Particles` record of traced particles (any model/guide pair).
 
@@ -671,8 +750,12 @@ def from_traces(traces: ParticleTraces, plate_name: str = DATA_PLATE, enumerated
         gsite = gt.nodes.get(name)
         if gsite is None:
             raise ValueError(f"latent site {name!r} of the model has no matching site in the guide")
-        latents.append(_latent(name, gsite, msite, traces, plate_name,
-                               _closed_form_ok(name, model_latents, guide_order)))
+        ok = _closed_form_ok(name, model_latents, guide_order)
+        site = _latent(name, gsite, msite, traces, plate_name, ok)
+        if not ok and name in guide_order:
+            later = _drawn_later(name, model_latents, guide_order)
+            site.order_probe = functools.partial(prior_depends_on, traces, name, later)
+        latents.append(site)
     for name, gsite in gt.nodes.items():  # auxiliary guide sites (no model counterpart) enter as −log q
         if is_latent(gsite) and name not in mt.nodes:
             latents.append(_latent(name, gsite, None, traces, plate_name, False))
@@ -776,7 +859,7 @@ def stack_particles(records: list) -> "Particles | EnumeratedParticles":
         for site in r.latents:
             latents.append(LatentSite(
                 site.name, site.q, site.p, site.value, site.model_value, site.in_plate, site.q_scale, site.p_scale,
-                site.closed_form_ok, _embedded(site.reduce, k, K), _embedded(site.reduce_p, k, K)))
+                site.closed_form_ok, _embedded(site.reduce, k, K), _embedded(site.reduce_p, k, K), site.order_probe))
         for o in r.observed:
             observed.append(ObservedSite(o.name, _embed(o.log_prob, k, K), o.in_plate, o.scale))
         for f in r.fixed:

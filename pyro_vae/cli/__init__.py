@@ -1,5 +1,5 @@
 """The ``pyro-vae`` command: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``diagnose``,
-``compare``.
+``compare``, ``bdmc``.
 
 Every config key is also a flag (``latent_dim`` -> ``--latent-dim``); flags override the
 ``--config`` TOML file, which overrides the defaults. With ``--resume`` the run's stored
@@ -79,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--samples", type=int, default=None, help="importance samples per datapoint (default: the run's)")
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: the run's threads)")
+    e.add_argument("--method", choices=("is", "ais"), default="is",
+                   help="is: importance sampling on the test split (default); ais: also annealed importance sampling "
+                        "on the first --ais-subset test digits, beside IS on the same digits, into report.md")
+    e.add_argument("--ais-steps", type=int, default=None, metavar="T", help="AIS temperatures (default: 1000)")
+    e.add_argument("--ais-chains", type=int, default=None, metavar="C", help="AIS chains per digit (default: 16)")
+    e.add_argument("--ais-leapfrog", type=int, default=None, metavar="L",
+                   help="leapfrog steps per HMC transition (default: 5)")
+    e.add_argument("--ais-subset", type=int, default=None, metavar="N",
+                   help="test digits scored by AIS (default: 50; AIS costs ~1000 decoder passes per digit and chain)")
+    e.add_argument("--seed", type=int, default=None, help="seed of the AIS draws (default: the run's seed)")
     e.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="draw samples from a trained run's prior and decoder into a PNG grid")
@@ -92,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num", type=int, default=10)
     r.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN_DIR/reconstructions_test.png)")
 
-    from . import compare, diagnose
+    from . import ais, compare, diagnose
 
     diagnose.add_parser(sub)
     compare.add_parser(sub)
+    ais.add_parser(sub)
     return parser
 
 
@@ -166,8 +177,33 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--samples must be >= 1 (importance samples per datapoint), got {ns.samples}")
     if ns.threads is not None and ns.threads < 0:
         raise ConfigError(f"--threads must be >= 1 (or 0 for torch's default), got {ns.threads}")
+    _check_ais_flags(ns)
     with writing_into(ns.run_dir):  # writes evaluation.json: not while another process trains or writes there
         return _evaluate(ns)
+
+
+#: defaults of ``evaluate --method ais`` (flag -> value)
+AIS_DEFAULTS = {"ais_steps": 1000, "ais_chains": 16, "ais_leapfrog": 5, "ais_subset": 50}
+
+
+def _check_ais_flags(ns: argparse.Namespace) -> None:
+    """``evaluate``'s AIS flags: only with ``--method ais``, each in range; defaults filled in."""
+    method = getattr(ns, "method", "is")
+    given = [k for k in AIS_DEFAULTS if getattr(ns, k, None) is not None]
+    if method != "ais":
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} applies to AIS only; add --method ais")
+        return
+    for key, default in AIS_DEFAULTS.items():
+        if getattr(ns, key, None) is None:
+            setattr(ns, key, default)
+    from .ais import check_ais_options
+
+    check_ais_options(ns.ais_steps, ns.ais_chains, ns.ais_leapfrog)
+    if ns.ais_subset < 1:
+        raise ConfigError(f"--ais-subset must be >= 1 (test digits scored by AIS), got {ns.ais_subset}")
+    if ns.seed is not None and not 0 <= ns.seed < 2**32:
+        raise ConfigError(f"--seed must lie in [0, 2**32), got {ns.seed}")
 
 
 def _evaluate(ns: argparse.Namespace) -> int:
@@ -190,8 +226,27 @@ def _evaluate(ns: argparse.Namespace) -> int:
                         progress=not ns.no_progress)
     result = {"test_elbo": elbo, "test_log_likelihood": ll.mean, "test_log_likelihood_se": ll.stderr,
               "eval_samples": k, "bits_per_dim": bits_per_dim(ll.mean, data.x_dim), "num_test": len(test)}
+    if getattr(ns, "method", "is") == "ais":
+        from .ais import ais_against_is, ais_section, gap_vs_khat_plot, replace_section
+
+        # IS on the same digits with at least 100 samples: k̂ needs a tail of weights
+        block = ais_against_is(vae, test[: ns.ais_subset], num_samples=max(k, 100), num_steps=ns.ais_steps,
+                               num_chains=ns.ais_chains, num_leapfrog=ns.ais_leapfrog,
+                               memory_budget=config.eval_memory_mb * 2**20,
+                               seed=ns.seed if ns.seed is not None else config.seed, progress=not ns.no_progress)
+        result["ais"] = block
+        gap_vs_khat_plot(block["per_datapoint"], Path(ns.run_dir) / "ais_vs_is.png")
+        report = Path(ns.run_dir) / "report.md"
+        old = report.read_text(encoding="utf-8") if report.is_file() else "# pyro-vae run report\n"
+        atomic_write_text(report, replace_section(old, ais_section(block)))
     atomic_write_text(Path(ns.run_dir) / "evaluation.json", json.dumps(result, indent=2) + "\n")
     print(f"test ELBO {elbo:.2f} nats; test log p(x) {ll.mean:.2f} ± {ll.stderr:.2f} nats (K={k}, N={len(test)})")
+    if "ais" in result:
+        s = result["ais"]["summary"]
+        print(f"AIS on the first {s['num_data']} test digits ({s['num_steps']} temperatures, {s['num_chains']} chains): "
+              f"log p(x) {s['ais_mean']:.2f}; IS on the same digits {s['is_mean']:.2f}; AIS − IS "
+              f"{s['ais_minus_is']:+.3f} ± {s['ais_minus_is_se']:.3f} nats; IS k̂ > 0.7 on "
+              f"{100 * s['khat_bad_share']:.0f}% (report.md, ais_vs_is.png)")
     return 0
 
 

@@ -60,6 +60,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--memory-steps", type=int, default=5, metavar="N",
                    help="training steps of the CPU memory measurement (default: 5)")
+    p.add_argument("--rank-by", choices=("is", "ais"), default="is",
+                   help="rank by the importance-sampled log p(x) (is, default) or by AIS on --ais-subset test digits "
+                        "(ais: certifies a ranking the k̂ diagnostics do not)")
+    p.add_argument("--ais-subset", type=int, default=None, metavar="N", help="test digits scored by AIS (default: 50)")
+    p.add_argument("--ais-steps", type=int, default=None, metavar="T", help="AIS temperatures (default: 1000)")
+    p.add_argument("--ais-chains", type=int, default=None, metavar="C", help="AIS chains per digit (default: 16)")
+    p.add_argument("--ais-leapfrog", type=int, default=None, metavar="L",
+                   help="leapfrog steps per HMC transition (default: 5)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="do not print progress lines")
     g = p.add_argument_group("configuration shared by every run (each overrides --config and the default)")
@@ -128,6 +136,15 @@ def run(ns: argparse.Namespace) -> int:
         base = load_config(ns.config, overrides)
         if ns.val_samples < 0:
             raise ConfigError(f"--val-samples must be >= 0, got {ns.val_samples}")
+        ais_flags = {"num_steps": ns.ais_steps, "num_chains": ns.ais_chains, "num_leapfrog": ns.ais_leapfrog}
+        ais_options = {k: v for k, v in ais_flags.items() if v is not None}
+        if ns.rank_by != "ais" and (ais_options or ns.ais_subset is not None):
+            raise ConfigError("--ais-subset, --ais-steps, --ais-chains and --ais-leapfrog apply to --rank-by ais only")
+        if ais_options:
+            from .ais import check_ais_options
+
+            check_ais_options(*(d if v is None else v for v, d in ((ns.ais_steps, 1000), (ns.ais_chains, 16),
+                                                                    (ns.ais_leapfrog, 5))))
         result = compare_objectives(
             parse_objectives(ns.objectives),
             base,
@@ -144,6 +161,9 @@ def run(ns: argparse.Namespace) -> int:
             memory_steps=ns.memory_steps,
             out_dir=ns.out,
             progress=not ns.no_progress,
+            rank_by=ns.rank_by,
+            ais_subset=ns.ais_subset if ns.ais_subset is not None else 50,
+            ais_options=ais_options or None,
         )
     except (ConfigError, DataError) as e:
         print(f"pyro-vae compare: error: {e}", file=sys.stderr)

@@ -112,7 +112,7 @@ class Batches:
                 f"Batches needs a torch.Tensor but got {type(x).__name__}; convert it with torch.as_tensor(x) "
                 f"or build DataSplits with from_arrays()"
             )
-        validate_array(x, name="batched data")
+        validate_array(x, name="batched data", any_shape=True)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise DataError(
                 f"generator must be a torch.Generator but got {type(generator).__name__}; pass "

@@ -323,7 +323,9 @@ def as_data(x: torch.Tensor | np.ndarray, dtype: torch.dtype | None = None, *, n
     return x.to(dtype) if dtype is not None and x.dtype != dtype else x
 
 
-def validate_array(x: torch.Tensor | np.ndarray, *, name: str = "data", x_dim: int | None = None) -> None:
+def validate_array(
+    x: torch.Tensor | np.ndarray, *, name: str = "data", x_dim: int | None = None, any_shape: bool = False
+) -> None:
     """Check that ``x`` is usable as a ``(N, D)`` data matrix; raise :class:`DataError` if not.
 
     Call this before training or writing anything. Checks, in order:
@@ -334,6 +336,9 @@ def validate_array(x: torch.Tensor | np.ndarray, *, name: str = "data", x_dim: i
     3. at least one row and one feature;
     4. no NaN or infinite values (the message gives the counts and the first bad row);
     5. if ``x_dim`` is given, ``D == x_dim``.
+
+    With ``any_shape=True`` (data for a user's own program, rows are datapoints) step 2 only asks
+    for at least one dimension: ``(N,)``, ``(N, D)``, ``(N, C, H, W)``, ...
 
     Parameters
     ----------
@@ -378,6 +383,10 @@ def validate_array(x: torch.Tensor | np.ndarray, *, name: str = "data", x_dim: i
             f"{name} has dtype {t.dtype} which cannot be converted to float32 data; "
             f"pass real-valued data (e.g. x.abs() or x.real for complex input)"
         )
+    if any_shape and t.ndim >= 1:
+        if t.shape[0] == 0 or t.numel() == 0:
+            raise DataError(f"{name} is empty (shape {tuple(t.shape)}); pass at least one datapoint")
+        t = t.reshape(t.shape[0], -1)
     if t.ndim != 2:
         hint = (
             "reshape a single feature vector with x.reshape(-1, 1) (N examples of 1 feature) or "

@@ -12,6 +12,7 @@ sites must sit in the data plate (``pyro.plate("data", len(x_chunk))`` by defaul
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
@@ -23,8 +24,10 @@ import torch
 from ..evaluation.log_likelihood import plan_chunks
 from ..program import (
     PARTICLE_PLATE,
+    BroadcastError,
     DataArgs,
     PlateError,
+    runs_as_written,
     data_args,
     guess_max_plate_nesting,
     is_latent,
@@ -173,10 +176,30 @@ def sample_chunks(num_samples: int, per_chunk: int) -> Iterator[tuple[int, int]]
 vectorized = vectorize
 
 
+@contextlib.contextmanager
+def _broadcast_errors(pair: Pair, xb: torch.Tensor, num_particles: int | None) -> Iterator[None]:
+    """A program that fails under the particle plate but runs as written: a :class:`BroadcastError`
+    naming the requirement (diagnostics draw their samples in one vectorized pass)."""
+    try:
+        yield
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:
+        if num_particles is None or isinstance(e, (PlateError, BroadcastError)):
+            raise
+        if not runs_as_written(pair.model, pair.guide, pair.call_args(xb), pair.kwargs):
+            raise
+        raise BroadcastError(
+            f"the model/guide failed when run with {num_particles} vectorized samples per datapoint (an outer "
+            f"pyro.plate at dim {-(pair.max_plate_nesting + 1)}): {type(e).__name__}: {e}. Diagnostics draw their "
+            "samples in one vectorized pass, so the program must be broadcast-safe. Fix: write it for any leading "
+            "batch dims (index with `...`, use `x.shape[-1]`, poutine.mask instead of boolean indexing)"
+        ) from e
+
+
 def trace_guide(pair: Pair, xb: torch.Tensor, num_particles: int | None = None) -> poutine.Trace:
     """Trace the guide on a chunk, with ``num_particles`` vectorized particles (or none)."""
     g = pair.guide if num_particles is None else vectorized(pair.guide, num_particles, pair.max_plate_nesting)
-    return poutine.trace(g).get_trace(*pair.call_args(xb), **pair.kwargs)
+    with _broadcast_errors(pair, xb, num_particles):
+        return poutine.trace(g).get_trace(*pair.call_args(xb), **pair.kwargs)
 
 
 def trace_model_on(pair: Pair, xb: torch.Tensor, guide_trace: poutine.Trace, num_particles: int | None = None,
@@ -187,7 +210,8 @@ def trace_model_on(pair: Pair, xb: torch.Tensor, guide_trace: poutine.Trace, num
         m = poutine.uncondition(m)
     if num_particles is not None:
         m = vectorized(m, num_particles, pair.max_plate_nesting)
-    return poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(*pair.call_args(xb), **pair.kwargs)
+    with _broadcast_errors(pair, xb, num_particles):
+        return poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(*pair.call_args(xb), **pair.kwargs)
 
 
 def trace_prior(pair: Pair, xb: torch.Tensor, num_particles: int | None = None) -> poutine.Trace:
@@ -195,7 +219,8 @@ def trace_prior(pair: Pair, xb: torch.Tensor, num_particles: int | None = None) 
     m: Callable = poutine.uncondition(pair.model)
     if num_particles is not None:
         m = vectorized(m, num_particles, pair.max_plate_nesting)
-    return poutine.trace(m).get_trace(*pair.call_args(xb), **pair.kwargs)
+    with _broadcast_errors(pair, xb, num_particles):
+        return poutine.trace(m).get_trace(*pair.call_args(xb), **pair.kwargs)
 
 
 def in_plate(site: dict, plate_name: str) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import pyro.poutine as poutine
 import torch
 
 from ..vae import DATA_PLATE
@@ -176,6 +177,21 @@ def _observed_site(trace: Any, xb: torch.Tensor, plate_name: str, name: str | No
     raise ValueError(f"several observed sites ({[s['name'] for s in sites]}); name the one that holds x with obs_site=")
 
 
+def _check_observes_argument(cp: Any, xb: torch.Tensor, name: str) -> None:
+    """SBC feeds the simulated value of the observed site back as the model's first argument: that
+    is right only if the site observes that argument (x itself, or x reshaped)."""
+    obs = poutine.trace(cp.model).get_trace(*cp.call_args(xb), **cp.kwargs).nodes[name]["value"]
+    same = obs.numel() == xb.numel() and torch.equal(obs.reshape(xb.shape).to(xb.dtype), xb)
+    if not same:
+        raise ValueError(
+            f"sbc simulates x from the model and gives it back as the model's first argument, but the observed site "
+            f"{name!r} does not observe that argument (its value is not x, nor x reshaped: shape "
+            f"{tuple(obs.shape)} vs {tuple(xb.shape)}). Fix: call the model with what it observes first "
+            "(for a conditional model p(y | x) write model(ys, xs) and pass the inputs as model_args), or name the "
+            "site that observes the first argument with obs_site="
+        )
+
+
 def predictive_check(
     model: Any,
     guide: Any = None,
@@ -229,39 +245,45 @@ def predictive_check(
         raise ValueError("statistics is empty; give at least one name → function")
     pair = make_pair(m, g, x, model_args, model_kwargs, plate_name, max_plate_nesting)
     n = x.shape[0]
-    xf = x.reshape(n, -1).double().cpu()
-    d = xf.shape[1]
     chunks, per = chunk_plan(x, num_samples, memory_budget)
-    observed = {k: torch.as_tensor(fn(xf)).double() for k, fn in stats.items()}
-    for k, v in observed.items():
-        if tuple(v.shape) != (n,):
-            raise ValueError(f"statistic {k!r} must map (N, D) data to (N,) values; got shape {tuple(v.shape)}")
     replicated = {k: torch.empty(num_samples, n, dtype=torch.float64) for k in stats}
-    pixel_sum = torch.zeros(num_samples, d, dtype=torch.float64)
-    pred_mean = torch.zeros(n, d, dtype=torch.float64)
+    observed_rows: list[torch.Tensor] = []  # the observed site's values (not x: a CVAE observes ys)
+    pixel_sum = pred_mean = None
     examples = None
     name = obs_site
     with torch.no_grad():
         for lo, hi in chunks:
             xb = x[lo:hi]
             cp = pair.at(lo, hi)  # per-datapoint arguments sliced with x
+            obs_trace = poutine.trace(cp.model).get_trace(*cp.call_args(xb), **cp.kwargs)
+            if name is None:
+                name = _observed_site(obs_trace, xb, plate_name, None)
+            elif name not in obs_trace.nodes:
+                _observed_site(obs_trace, xb, plate_name, name)  # raises naming the observed sites
+            obs = flat_values(obs_trace.nodes[name], None, hi - lo, plate_name).double().cpu()  # (B, D)
+            observed_rows.append(obs)
+            d = obs.shape[-1]
+            if pixel_sum is None:
+                pixel_sum = torch.zeros(num_samples, d, dtype=torch.float64)
+                pred_mean = torch.zeros(n, d, dtype=torch.float64)
             for s0, k in sample_chunks(num_samples, per):
                 if kind == "posterior":
                     gt = trace_guide(cp, xb, k)
                     mt = trace_model_on(cp, xb, gt, k, uncondition=True)
                 else:
                     mt = trace_prior(cp, xb, k)
-                if name is None:
-                    name = _observed_site(mt, xb, plate_name, None)
                 rep = flat_values(mt.nodes[name], k, hi - lo, plate_name).double().cpu()  # (k, B, D)
-                if rep.shape[-1] != d:
-                    raise ValueError(f"observed site {name!r} has {rep.shape[-1]} numbers per datapoint but x has {d}")
                 for key, fn in stats.items():
                     replicated[key][s0 : s0 + k, lo:hi] = fn(rep)
                 pixel_sum[s0 : s0 + k] += rep.sum(1)
                 pred_mean[lo:hi] += rep.sum(0)
                 if examples is None:
                     examples = rep[0, :num_examples].clone()
+    xf = torch.cat(observed_rows)
+    observed = {k: torch.as_tensor(fn(xf)).double() for k, fn in stats.items()}
+    for k, v in observed.items():
+        if tuple(v.shape) != (n,):
+            raise ValueError(f"statistic {k!r} must map (N, D) data to (N,) values; got shape {tuple(v.shape)}")
     pred_mean /= num_samples
     calibration, error = _reliability(pred_mean, xf, num_bins)
     return PredictiveCheck(
@@ -424,12 +446,9 @@ def sbc(
             pt = trace_prior(cp, tb)
             if name is None:
                 name = _observed_site(pt, tb, plate_name, None)
-            x_sim = pt.nodes[name]["value"]
-            if tuple(x_sim.shape) != tuple(tb.shape):
-                raise ValueError(
-                    f"observed site {name!r} simulated shape {tuple(x_sim.shape)}, but the data argument has shape "
-                    f"{tuple(tb.shape)}; sbc needs the model to observe its data argument"
-                )
+            if lo == 0:
+                _check_observes_argument(cp, tb, name)
+            x_sim = pt.nodes[name]["value"].reshape(tb.shape)  # the model observes x, or a reshape of x
             sites = latent_sites(pt, plate_name, who="model")
             truth = torch.cat([flat_values(s, None, hi - lo, plate_name) for s in sites], dim=-1)  # (B, P)
             gt = trace_guide(cp, x_sim.to(x.dtype) if x.is_floating_point() else x_sim, L)

@@ -12,6 +12,13 @@ are held out already). The paired standard error is the one to read: a differenc
 difficulty is shared. ``mc_se`` is the Monte Carlo error of elpd from finite K (delta method,
 √Σ_i (1/ESS_i − 1/K)); k̂ > 0.7 on any datapoint sets ``warning`` — there the estimate is
 unreliable and, being a stochastic lower bound, too low.
+
+``rank_by="ais"`` scores the models given as programs by annealed importance sampling
+(:func:`pyro_vae.evaluation.ais`) on the first ``ais_subset`` datapoints instead, whose
+bias does not depend on the guide being a good importance proposal (k̂ is still reported, from
+importance sampling on the same datapoints). A ranking by importance sampling with k̂ > 0.7
+somewhere is marked uncertified (``df.attrs["certified"]``), with the exact call that certifies
+it (``df.attrs["certify"]``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,42 @@ def _per_datapoint(name: str, entry: Any, x: Any, num_samples: int, memory_budge
     return d.log_likelihood, d.khat, mc, d.num_samples
 
 
+#: the call printed where an importance-sampled ranking is uncertified
+CERTIFY_CALL = 'compare_models(models, x, rank_by="ais", ais_subset={subset})'
+
+
+def _is_ais_result(entry: Any) -> bool:
+    """An :class:`~pyro_vae.evaluation.ais.AISResult` (duck-typed: the module may be absent)."""
+    return all(hasattr(entry, a) for a in ("per_datapoint", "chain_stderr", "num_chains", "log_weights"))
+
+
+def _ais_per_datapoint(name: str, entry: Any, x: Any, ais_subset: int | None, ais_options: Mapping[str, Any],
+                       num_samples: int, memory_budget: float, plate_name: str, max_plate_nesting: int | None,
+                       progress: bool) -> tuple[torch.Tensor, torch.Tensor | None, float, int, str]:
+    """(AIS log-likelihoods, IS k̂ on the same datapoints or None, MC variance of the sum, K, method)."""
+    if _is_ais_result(entry):
+        se = entry.chain_stderr.double()
+        return entry.per_datapoint.double(), None, float((se * se).sum()), int(entry.num_chains), "ais"
+    if isinstance(entry, (ImportanceDiagnostics, LogLikelihood)) or (isinstance(entry, torch.Tensor) and entry.dim() == 1):
+        ll, khat, mc, k = _per_datapoint(name, entry, x, num_samples, memory_budget, plate_name, max_plate_nesting,
+                                         progress)
+        return ll, khat, mc, k, "given"
+    if x is None:
+        raise ValueError(f"model {name!r} is given as a model, so compare_models needs the held-out data x")
+    from ..evaluation.annealing import ais
+
+    from ._common import resolve
+
+    m, g, xs = resolve(entry, x, None, "compare_models")  # a VAE or a (model, guide) pair, and the data
+    xs = xs[:ais_subset] if ais_subset is not None else xs
+    res = ais(m, g, xs, memory_budget=memory_budget, plate_name=plate_name, max_plate_nesting=max_plate_nesting,
+              progress=progress, **dict(ais_options))
+    khat = importance_diagnostics(m, g, xs, num_samples=num_samples, memory_budget=memory_budget,
+                                  plate_name=plate_name, max_plate_nesting=max_plate_nesting).khat
+    se = res.chain_stderr.double()
+    return res.per_datapoint.double(), khat, float((se * se).sum()), int(res.num_chains), "ais"
+
+
 def compare_models(
     models: Mapping[str, Any],
     x: Any = None,
@@ -62,6 +105,9 @@ def compare_models(
     max_plate_nesting: int | None = None,
     plate_name: str = DATA_PLATE,
     progress: bool = False,
+    rank_by: str = "is",
+    ais_subset: int | None = None,
+    ais_options: Mapping[str, Any] | None = None,
 ):
     """Rank models by held-out elpd, with standard errors and paired differences.
 
@@ -70,16 +116,28 @@ def compare_models(
             :class:`~pyro_vae.LogLikelihood` or a ``(N,)`` tensor of per-datapoint
             log-likelihoods (all on the same datapoints, in the same order).
         x: the held-out data (needed for VAEs and pairs).
-        num_samples: importance samples per datapoint for models given as programs.
+        num_samples: importance samples per datapoint for models given as programs (with
+            ``rank_by="ais"``: for their k̂ on the AIS datapoints).
+        rank_by: ``"is"`` (importance sampling, the default) or ``"ais"``: models given as programs
+            are scored by :func:`pyro_vae.evaluation.ais` on the first ``ais_subset``
+            datapoints (precomputed entries, including an ``AISResult``, are taken as given and
+            must cover the same datapoints).
+        ais_subset: datapoints AIS scores (the first ones; ``None``: all of ``x``).
+        ais_options: keyword arguments of :func:`~pyro_vae.evaluation.ais` (``num_steps``,
+            ``num_chains``, ``num_leapfrog``, ``seed``, ...).
 
     Returns:
         pandas.DataFrame: best model first, with columns ``rank``, ``elpd``, ``se``, ``elpd_diff``,
             ``dse``, ``mc_se``, ``elpd_per_datapoint``, ``khat_max``, ``khat_bad`` (the share of
-            datapoints with k̂ > 0.7), ``warning`` and ``num_samples``; ``df.attrs`` holds
-            ``num_data`` and ``scale="log"``. Render it with :func:`markdown_table`.
+            datapoints with k̂ > 0.7), ``warning``, ``num_samples`` (K, or chains for AIS) and
+            ``method`` (``"is"``, ``"ais"`` or ``"given"``); ``df.attrs`` holds ``num_data``,
+            ``scale="log"``, ``rank_by``, ``certified`` (``False`` when ranking by importance
+            sampling with k̂ > 0.7 on some datapoint of some model) and, when uncertified,
+            ``certify``: the call that ranks by AIS instead. Render it with :func:`markdown_table`.
 
     Warns:
-        KhatWarning: a model has datapoints with k̂ > 0.7 (named with their share).
+        KhatWarning: a model has datapoints with k̂ > 0.7 (named with their share; when ranking
+            by importance sampling, with the call that certifies the ranking).
 
     Example:
         >>> import torch
@@ -91,11 +149,24 @@ def compare_models(
 
     if not models:
         raise ValueError("compare_models needs at least one model")
+    if rank_by not in ("is", "ais"):
+        raise ValueError(f"rank_by must be 'is' (importance sampling) or 'ais' (annealed importance sampling), "
+                         f"got {rank_by!r}")
+    if ais_subset is not None and (isinstance(ais_subset, bool) or not isinstance(ais_subset, int) or ais_subset < 1):
+        raise ValueError(f"ais_subset must be a positive integer (datapoints scored by AIS) or None, got {ais_subset!r}")
+    if rank_by != "ais" and (ais_options or ais_subset is not None):
+        raise ValueError("ais_subset and ais_options apply to rank_by='ais' only")
     lls: dict[str, torch.Tensor] = {}
     rows: dict[str, dict[str, Any]] = {}
     for name, entry in models.items():
-        ll, khat, mc_var, k = _per_datapoint(str(name), entry, x, num_samples, memory_budget, plate_name,
-                                             max_plate_nesting, progress)
+        if rank_by == "ais":
+            ll, khat, mc_var, k, method = _ais_per_datapoint(str(name), entry, x, ais_subset, ais_options or {},
+                                                             num_samples, memory_budget, plate_name,
+                                                             max_plate_nesting, progress)
+        else:
+            ll, khat, mc_var, k = _per_datapoint(str(name), entry, x, num_samples, memory_budget, plate_name,
+                                                 max_plate_nesting, progress)
+            method = "is" if khat is not None or isinstance(entry, LogLikelihood) else "given"
         if not bool(torch.isfinite(ll).all()):
             raise ValueError(
                 f"model {name!r} has non-finite log-likelihoods for {int((~torch.isfinite(ll)).sum())} datapoints; "
@@ -109,6 +180,7 @@ def compare_models(
             "warning": bool(khat is not None and bad > 0),
             "mc_se": math.sqrt(mc_var),
             "num_samples": k,
+            "method": method,
         }
     sizes = {name: ll.numel() for name, ll in lls.items()}
     if len(set(sizes.values())) != 1:
@@ -132,13 +204,19 @@ def compare_models(
         }
     df = pd.DataFrame.from_dict(out, orient="index")
     df.index.name = "model"
-    df.attrs.update({"num_data": n, "scale": "log"})
+    uncertified = rank_by == "is" and any(rows[name]["warning"] for name in order)
+    df.attrs.update({"num_data": n, "scale": "log", "rank_by": rank_by, "certified": not uncertified})
+    certify = CERTIFY_CALL.format(subset=min(n, 50))
+    if uncertified:
+        df.attrs["certify"] = certify
     for name in order:
         if rows[name]["warning"]:
+            how = (f"; the ranking is uncertified: certify it with {certify}" if rank_by == "is" else
+                   "; the ranking uses AIS for the models given as programs")
             warnings.warn(
                 f"model {name!r}: {100 * rows[name]['khat_bad']:.1f}% of datapoints have Pareto k̂ > 0.7, so its "
                 "importance-sampled log-likelihood is unreliable there (biased low); raise num_samples or improve "
-                "its guide before trusting the comparison",
+                f"its guide before trusting the comparison{how}",
                 KhatWarning,
                 stacklevel=2,
             )
@@ -179,4 +257,4 @@ def markdown_table(df: Any, floatfmt: str = ".2f", index: bool = True) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compare_models", "markdown_table", "KhatWarning"]
+__all__ = ["compare_models", "markdown_table", "KhatWarning", "CERTIFY_CALL"]

@@ -166,7 +166,10 @@ class _SiteSwap(Messenger):
             if not in_plate(msg, self.plate_name):
                 raise PlateError(
                     f"guide site {name!r} sits outside the {self.plate_name!r} plate: the guide is not amortized "
-                    "over the data plate, so there is no per-datapoint posterior to refine"
+                    "over the data plate, so there is no per-datapoint posterior to refine. Fix: inference gaps are "
+                    "defined for models whose latents are all local; condition the global site on a point estimate "
+                    f"(pyro.poutine.condition(model, data={{{name!r}: value}}) and the same for the guide) to measure "
+                    "the gaps of the local latents given it"
                 )
             self.recorded[name] = msg["fn"]
             return

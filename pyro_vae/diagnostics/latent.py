@@ -287,7 +287,10 @@ def latent_diagnostics(
             if len(q.event_shape) != 1 or tuple(q.batch_shape) != (hi - lo,):
                 raise ValueError(
                     f"latent_diagnostics needs site {name!r} to have batch shape (B,) = ({hi - lo},) and a 1-D event "
-                    f"(latent_dim,); got batch {tuple(q.batch_shape)}, event {tuple(q.event_shape)}"
+                    f"(latent_dim,); got batch {tuple(q.batch_shape)}, event {tuple(q.event_shape)}. Fix: declare the "
+                    f"latent with one event dim (.to_event(1)) in a data plate at dim=-1 (a data plate at another dim, "
+                    "or a latent inside a second plate, adds batch dims); importance_diagnostics and inference_gaps "
+                    "take any plate layout"
                 )
             mt = trace_model_on(cp, xb, gt)
             p = mt.nodes[name]["fn"]

@@ -73,6 +73,8 @@ def log_likelihood(
     fast_path: bool = True,
     compile: bool = False,
     per_datapoint: Sequence[int | str] | None = None,
+    method: str = "is",
+    ais_options: dict | None = None,
     **kwargs: Any,
 ) -> LogLikelihood:
     """Estimate log p(x_i) for every row of ``x`` by importance sampling from the guide.
@@ -99,6 +101,15 @@ def log_likelihood(
             to the eager kernel, with one warning, if compilation fails.
         per_datapoint: more per-datapoint arguments, by position in ``args`` (0 = the first
             after x) or keyword name; each must have ``len(x)`` rows (else ``ValueError``).
+        method: ``"is"`` (importance sampling from the guide, the default) or ``"ais"``: annealed
+            importance sampling, :func:`pyro_vae.evaluation.ais` (x, args, ``per_datapoint``,
+            ``plate_name``, ``max_plate_nesting``, ``memory_budget`` and ``progress`` are passed on;
+            ``num_samples``, ``fast_path`` and ``compile`` are not used). The returned
+            :class:`LogLikelihood` then holds AIS's per-datapoint log p̂(x) (a stochastic lower
+            bound), its mean and standard error, ``num_samples`` = the number of chains and ``ess``
+            = the ESS of the chain weights; call ``ais`` itself for k̂, acceptance rates and step sizes.
+        ais_options: keywords of :func:`pyro_vae.evaluation.ais` for ``method="ais"`` (``num_steps``,
+            ``num_chains``, ``schedule``, ``init``, ``num_leapfrog``, ``step_size``, ``mass``, ``seed``, …).
 
     Returns:
         :class:`LogLikelihood` with per-datapoint estimates, mean, standard error and ESS.
@@ -114,6 +125,17 @@ def log_likelihood(
     References:
         Burda, Grosse, Salakhutdinov (2016). Importance weighted autoencoders. ICLR.
     """
+    if method not in ("is", "ais"):
+        raise ValueError(f"unknown method {method!r}; choose 'is' (importance sampling) or 'ais' (annealed importance sampling)")
+    if ais_options is not None and method != "ais":
+        raise ValueError("ais_options only apply to method='ais'; pass method='ais' or drop ais_options")
+    if method == "ais":
+        from .annealing import ais
+
+        options = {"memory_budget": memory_budget, **(ais_options or {})}
+        res = ais(model, guide, x, *args, per_datapoint=per_datapoint, plate_name=plate_name,
+                  max_plate_nesting=max_plate_nesting, progress=progress, **options, **kwargs)
+        return LogLikelihood(res.per_datapoint.float(), res.mean, res.stderr, res.num_chains, res.ess.float())
     # ---- argument checks, before any work: the data as fit() takes and checks them --------------
     checked = plain_vae(model, guide)
     x = as_data(x, model_dtype(checked) if checked is not None else None, name="x")

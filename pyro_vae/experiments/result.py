@@ -41,6 +41,14 @@ COLUMNS: dict[str, str] = {
     "train_seconds": "sum of the step times: training compute, no validation or evaluation",
     "peak_memory_mb": "peak memory of training in MiB (see memory_method)",
     "memory_method": "how peak_memory_mb was measured",
+    "rank": "1 = best, by settings['rank_by']: the AIS log p(x) ('ais') or the importance-sampled one ('is')",
+    "ais_log_likelihood": "rank_by='ais' (else None): mean over the first ais_num_data test digits of the AIS estimate of log p(x) (nats)",
+    "ais_log_likelihood_se": "its standard error across those digits (std / √n; nats)",
+    "ais_delta": "mean per-digit AIS log p(x) minus the first run's, on the AIS digits (nats)",
+    "ais_delta_se": "paired standard error of that difference (nats)",
+    "ais_minus_is": "mean per-digit AIS − IS log p(x) on the AIS digits: importance sampling's bias there (nats)",
+    "ais_minus_is_se": "paired standard error of AIS − IS (nats)",
+    "ais_num_data": "test digits scored by AIS (0: rank_by='is', AIS not run)",
 }
 
 _NUMERIC = ("num_particles", "num_outer", "epochs", "steps", "test_log_likelihood", "test_log_likelihood_se",
@@ -74,6 +82,49 @@ class ComparisonResult:
     settings: dict[str, Any] = field(default_factory=dict)
     models: dict[str, VAE] = field(default_factory=dict, repr=False)
     log_likelihoods: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    ais_log_likelihoods: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    # -- ranking ---------------------------------------------------------------------------------
+    @property
+    def ranking(self) -> list[str]:
+        """Labels best first, by ``settings["rank_by"]`` (AIS or IS log p(x))."""
+        key = "ais_log_likelihood" if self.settings.get("rank_by") == "ais" else "test_log_likelihood"
+        return [r["objective"] for r in sorted(self.table, key=lambda r: -float(r.get(key, math.nan)))]
+
+    @property
+    def certified(self) -> bool:
+        """Whether the IS diagnostics pass (no test digit with k̂ > 0.7 in any run) or the ranking is by AIS.
+
+        ``False`` when ranking by importance sampling while some encoder has k̂ > 0.7 (or k̂ was
+        not measured): its log p(x) is biased low by an unknown amount that can differ from
+        model to model; :meth:`certification` says how to certify it."""
+        if self.settings.get("rank_by") == "ais":
+            return True
+        fr = [r.get("khat_over_0_7", math.nan) for r in self.table]
+        return all(f is not None and math.isfinite(float(f)) and float(f) == 0.0 for f in fr)
+
+    def certification(self) -> str:
+        """One paragraph: is the ranking certified, and if not, the exact call that certifies it."""
+        s = self.settings
+        order = " > ".join(self.ranking)
+        if s.get("rank_by") == "ais":
+            opts = s.get("ais_options") or {}
+            same = self.ranking == [r["objective"] for r in sorted(self.table, key=lambda r: -r["test_log_likelihood"])]
+            return (f"Ranking by AIS on the first {s.get('ais_subset')} test digits "
+                    f"({opts.get('num_steps', 1000)} sigmoid temperatures, {opts.get('num_chains', 16)} chains; "
+                    f"Δ AIS: paired over digits ± SE): {order}. The IS ranking "
+                    f"{'agrees' if same else 'differs'}. AIS does not rely on the encoder as an importance proposal; "
+                    "check its schedule with `pyro-vae bdmc RUN` (BDMC gap below 0.5 nats certifies it).")
+        if self.certified:
+            return f"Ranking by importance sampling: {order}; every test digit has k̂ ≤ 0.7, so the IS estimates are reliable."
+        bad = [f"{r['objective']} ({_pct(r.get('khat_over_0_7'))})" for r in self.table
+               if not (math.isfinite(float(r.get("khat_over_0_7", math.nan))) and float(r["khat_over_0_7"]) == 0.0)]
+        call = s.get("certify_call") or 'pv.compare_objectives(..., rank_by="ais", ais_subset=50)'
+        return (f"**Ranking uncertified** ({order}, by importance sampling): the IS diagnostics fail — k̂ > 0.7 "
+                f"(or not measured) on test digits of {', '.join(bad)} — so each log p(x) is biased low by an unknown "
+                f"amount that can differ between objectives. Certify it by ranking with AIS: `{call}` (CLI: "
+                "`pyro-vae compare ... --rank-by ais --ais-subset 50`), then check the AIS schedule with "
+                "`pyro-vae bdmc RUN`.")
 
     # -- text ----------------------------------------------------------------------------------
     def to_markdown(self) -> str:
@@ -109,6 +160,17 @@ class ComparisonResult:
             f"s/step: median over {self.table[0]['steps'] if self.table else '?'} steps. "
             f"Peak memory: {'; '.join(methods)}.\n"
         )
+        if self.settings.get("rank_by") == "ais":
+            m = self.settings.get("ais_subset")
+            out += (f"\n| objective | rank | AIS log p(x) ({m} digits) | Δ AIS vs {first} | AIS − IS (same digits) |\n"
+                    "|---|---:|---:|---:|---:|\n")
+            for r in self.table:
+                out += (f"| {r['objective']} | {r.get('rank', '—')} | {_fmt(r.get('ais_log_likelihood'), 2)} ± "
+                        f"{_fmt(r.get('ais_log_likelihood_se'), 2)} | "
+                        + ("—" if r is self.table[0] else f"{float(r['ais_delta']):+.2f} ± {float(r['ais_delta_se']):.2f}")
+                        + f" | {float(r['ais_minus_is']):+.2f} ± {float(r['ais_minus_is_se']):.2f} |\n")
+        if self.table:
+            out += "\n" + self.certification() + "\n"
         if self.snr_curve:
             out += (f"\nGradient SNR against K at the model trained with `{s.get('snr_at')}` "
                     "(IWAE-K objective; standard gradient vs DReG):\n\n")
@@ -132,14 +194,14 @@ class ComparisonResult:
     def to_dict(self) -> dict[str, Any]:
         """Everything but the models, JSON-serializable."""
         return {"table": self.table, "snr_curve": self.snr_curve, "curves": self.curves, "settings": self.settings,
-                "log_likelihoods": self.log_likelihoods}
+                "log_likelihoods": self.log_likelihoods, "ais_log_likelihoods": self.ais_log_likelihoods}
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> "ComparisonResult":
         """Read a ``result.json`` written by :meth:`write` (to redraw figures or tables; no models)."""
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(d["table"], d.get("snr_curve", []), d.get("curves", {}), d.get("settings", {}),
-                   log_likelihoods=d.get("log_likelihoods", {}))
+                   log_likelihoods=d.get("log_likelihoods", {}), ais_log_likelihoods=d.get("ais_log_likelihoods", {}))
 
     # -- figures ---------------------------------------------------------------------------------
     def plot_loglik_vs_time(self, path: str | os.PathLike[str] | None = None):
@@ -226,6 +288,14 @@ def _fmt(v: Any, digits: int) -> str:
     except (TypeError, ValueError):
         return str(v)
     return "n/a" if not math.isfinite(f) else f"{f:.{digits}f}"
+
+
+def _pct(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "k̂ not measured"
+    return f"{100 * f:.0f}%" if math.isfinite(f) else "k̂ not measured"
 
 
 def _fmt_khat(r: Mapping[str, Any]) -> str:

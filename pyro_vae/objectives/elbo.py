@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -43,10 +44,18 @@ class ELBO(Objective):
         #: per latent site: "analytic" or "monte carlo" (filled on first use)
         self.kl_sites: dict[str, str] = {}
         self._warned: set[str] = set()
+        self._order_probe: dict[str, bool] = {}  # per site: does p depend on draws the guide makes later?
 
     def _kl(self, site: LatentSite) -> torch.Tensor:
         """KL(q ‖ p) of one latent site reduced to ``(K|1, B|1)``, unscaled; records the method."""
         analytic = self.analytic_kl and self.kl_sites.get(site.name) != "monte carlo"
+        if analytic and not site.closed_form_ok and site.order_probe is not None:
+            # the draw order forbids the closed form; a replay says whether p really depends on those draws
+            depends = self._order_probe.get(site.name)
+            if depends is None:
+                depends = self._order_probe[site.name] = bool(site.order_probe())
+            if not depends:
+                site = dataclasses.replace(site, closed_form_ok=True)
         kl, method = latent_kl(site, analytic=analytic)
         name = site.name
         if method != "analytic":

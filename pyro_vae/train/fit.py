@@ -296,9 +296,12 @@ def check_fit_inputs(
     if vae is None and guide is None:
         raise TypeError(f"{where}(model, ...) with a model function needs guide=; or pass a pyro_vae.VAE")
     x_dim = vae.x_dim if vae is not None else None
-    validate_array(train, name="training data", x_dim=x_dim)
+    validate_array(train, name="training data", x_dim=x_dim, any_shape=vae is None)  # a program's own data: (N, ...)
     if val is not None:
-        validate_array(val, name="validation data", x_dim=x_dim)
+        validate_array(val, name="validation data", x_dim=x_dim, any_shape=vae is None)
+        if vae is None and tuple(val.shape[1:]) != tuple(train.shape[1:]):
+            raise DataError(f"validation data have rows of shape {tuple(val.shape[1:])} but the training data "
+                            f"{tuple(train.shape[1:])}; pass validation data shaped like the training data")
     if dynamic_binarization and bool(((train < 0) | (train > 1)).any()):
         raise DataError("dynamic binarization needs intensities in [0, 1]; scale the data (pixel_scale='unit')")
     if vae is not None:

@@ -216,6 +216,7 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         finally:
             held[1] -= 1
         return
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -238,6 +239,13 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
     _HELD[key] = [fd, 1]
     try:
         yield
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            # refused before anything was written: leave no trace of a run directory
+            with contextlib.suppress(OSError):
+                (run_dir / LOCK).unlink()
+                run_dir.rmdir()
+        raise
     finally:
         _HELD.pop(key, None)
         os.close(fd)  # releases the lock
