@@ -292,9 +292,6 @@ def may_refuse(prog: Program, objective_name: str | None, k: int) -> Refusal | N
 #: (cell id) → reason: cells where today's library is wrong. Filled from today's run; the
 #: strict mark makes the suite fail once the bug is fixed (then remove the line).
 KNOWN_BUGS: dict[str, str] = {
-    "test_diagnostic[cvae-compare_models]": "compare_models cannot take per-datapoint arguments (no model_args)",
-    "test_diagnostic[cvae_indexing-compare_models]": "compare_models cannot take per-datapoint arguments (no model_args)",
-    "test_diagnostic[nested-compare_models]": "compare_models cannot take per-datapoint arguments (no model_args)",
 }
 
 

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import torch
 
 from ..evaluation import LogLikelihood
+from ..program import data_args
 from ..vae import DATA_PLATE
 from ._common import DEFAULT_MEMORY_BUDGET, DiagnosticWarning
 from .importance import KHAT_OK, ImportanceDiagnostics, importance_diagnostics
@@ -40,7 +41,8 @@ class KhatWarning(DiagnosticWarning):
 
 
 def _per_datapoint(name: str, entry: Any, x: Any, num_samples: int, memory_budget: float, plate_name: str,
-                   max_plate_nesting: int | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor | None, float, int]:
+                   max_plate_nesting: int | None, progress: bool, model_args: tuple = (),
+                   model_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float, int]:
     """(log-likelihoods, k̂ or None, Monte Carlo variance of the sum, K) for one entry."""
     if isinstance(entry, ImportanceDiagnostics):
         d = entry
@@ -54,7 +56,8 @@ def _per_datapoint(name: str, entry: Any, x: Any, num_samples: int, memory_budge
         if x is None:
             raise ValueError(f"model {name!r} is given as a model, so compare_models needs the held-out data x")
         d = importance_diagnostics(entry, x, num_samples=num_samples, memory_budget=memory_budget,
-                                   plate_name=plate_name, max_plate_nesting=max_plate_nesting, progress=progress)
+                                   plate_name=plate_name, max_plate_nesting=max_plate_nesting, progress=progress,
+                                   model_args=model_args, model_kwargs=model_kwargs)
     ess = d.ess.clamp(min=1e-300)
     mc = float((1.0 / ess - 1.0 / d.num_samples).clamp(min=0).sum())
     return d.log_likelihood, d.khat, mc, d.num_samples
@@ -71,14 +74,15 @@ def _is_ais_result(entry: Any) -> bool:
 
 def _ais_per_datapoint(name: str, entry: Any, x: Any, ais_subset: int | None, ais_options: Mapping[str, Any],
                        num_samples: int, memory_budget: float, plate_name: str, max_plate_nesting: int | None,
-                       progress: bool) -> tuple[torch.Tensor, torch.Tensor | None, float, int, str]:
+                       progress: bool, model_args: tuple = (),
+                       model_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float, int, str]:
     """(AIS log-likelihoods, IS k̂ on the same datapoints or None, MC variance of the sum, K, method)."""
     if _is_ais_result(entry):
         se = entry.chain_stderr.double()
         return entry.per_datapoint.double(), None, float((se * se).sum()), int(entry.num_chains), "ais"
     if isinstance(entry, (ImportanceDiagnostics, LogLikelihood)) or (isinstance(entry, torch.Tensor) and entry.dim() == 1):
         ll, khat, mc, k = _per_datapoint(name, entry, x, num_samples, memory_budget, plate_name, max_plate_nesting,
-                                         progress)
+                                         progress, model_args, model_kwargs)
         return ll, khat, mc, k, "given"
     if x is None:
         raise ValueError(f"model {name!r} is given as a model, so compare_models needs the held-out data x")
@@ -87,11 +91,14 @@ def _ais_per_datapoint(name: str, entry: Any, x: Any, ais_subset: int | None, ai
     from ._common import resolve
 
     m, g, xs = resolve(entry, x, None, "compare_models")  # a VAE or a (model, guide) pair, and the data
-    xs = xs[:ais_subset] if ais_subset is not None else xs
-    res = ais(m, g, xs, memory_budget=memory_budget, plate_name=plate_name, max_plate_nesting=max_plate_nesting,
-              progress=progress, **dict(ais_options))
+    n = xs.shape[0] if ais_subset is None else min(ais_subset, xs.shape[0])
+    a, kw = data_args(xs.shape[0], tuple(model_args), dict(model_kwargs or {})).chunk(0, n)  # rows follow x
+    xs = xs[:n]
+    res = ais(m, g, xs, *a, memory_budget=memory_budget, plate_name=plate_name, max_plate_nesting=max_plate_nesting,
+              progress=progress, **dict(ais_options), **kw)
     khat = importance_diagnostics(m, g, xs, num_samples=num_samples, memory_budget=memory_budget,
-                                  plate_name=plate_name, max_plate_nesting=max_plate_nesting).khat
+                                  plate_name=plate_name, max_plate_nesting=max_plate_nesting, model_args=a,
+                                  model_kwargs=kw).khat
     se = res.chain_stderr.double()
     return res.per_datapoint.double(), khat, float((se * se).sum()), int(res.num_chains), "ais"
 
@@ -108,6 +115,8 @@ def compare_models(
     rank_by: str = "is",
     ais_subset: int | None = None,
     ais_options: Mapping[str, Any] | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ):
     """Rank models by held-out elpd, with standard errors and paired differences.
 
@@ -125,6 +134,8 @@ def compare_models(
         ais_subset: datapoints AIS scores (the first ones; ``None``: all of ``x``).
         ais_options: keyword arguments of :func:`~pyro_vae.evaluation.ais` (``num_steps``,
             ``num_chains``, ``num_leapfrog``, ``seed``, ...).
+        model_args, model_kwargs: the programs' arguments after x (``model(xs, ys)``); those with
+            one row per datapoint are sliced with x.
 
     Returns:
         pandas.DataFrame: best model first, with columns ``rank``, ``elpd``, ``se``, ``elpd_diff``,
@@ -162,10 +173,10 @@ def compare_models(
         if rank_by == "ais":
             ll, khat, mc_var, k, method = _ais_per_datapoint(str(name), entry, x, ais_subset, ais_options or {},
                                                              num_samples, memory_budget, plate_name,
-                                                             max_plate_nesting, progress)
+                                                             max_plate_nesting, progress, model_args, model_kwargs)
         else:
             ll, khat, mc_var, k = _per_datapoint(str(name), entry, x, num_samples, memory_budget, plate_name,
-                                                 max_plate_nesting, progress)
+                                                 max_plate_nesting, progress, model_args, model_kwargs)
             method = "is" if khat is not None or isinstance(entry, LogLikelihood) else "given"
         if not bool(torch.isfinite(ll).all()):
             raise ValueError(
