@@ -5,13 +5,14 @@ declares the amortized encoder q_φ(z|x). Priors, encoders, decoders and objecti
 modules that swap in one line; evaluation works on any model/guide pair with a data plate.
 """
 
-from . import data, decoders, diagnostics, distributions, encoders, experiments, nn, objectives, priors, program, runs
+from . import data, decoders, diagnostics, distributions, encoders, evaluation, experiments, models, nn, objectives, priors, program, runs
 from ._kernels import settings
 from .evaluation import LogLikelihood, bits_per_dim, log_likelihood
 from .diagnostics import to_inference_data
 from .experiments import compare_objectives
 from .runs import load_run
 from .train import History, fit
+from .models import ConditionalVAE, HierarchicalVAE, SemiSupervisedVAE
 from .vae import VAE
 
 #: the former name of :func:`compare_objectives` (the same function)
@@ -29,6 +30,11 @@ def __getattr__(name: str):
 
 __all__ = [
     "VAE",
+    "HierarchicalVAE",
+    "ConditionalVAE",
+    "SemiSupervisedVAE",
+    "models",
+    "evaluation",
     "data",
     "diagnostics",
     "to_inference_data",

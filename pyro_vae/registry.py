@@ -13,6 +13,9 @@ read):
 * ``PRIORS[name](config, encoder, init, unit_interval)`` -> :class:`~pyro_vae.priors.Prior`
   (``init``: pseudo-inputs for the VampPrior or ``None``)
 * ``OBJECTIVES[name](config)`` -> a ``pyro.infer.ELBO`` (before β / warm-up / free-bits wrappers)
+* ``MODEL_NAMES``: the values of the ``model`` key; the structured models' factories are
+  :data:`pyro_vae.build.MODELS` (they take their encoder and decoder from ``ENCODERS`` /
+  ``DECODERS`` with the widths their inputs need)
 """
 
 from __future__ import annotations
@@ -79,4 +82,12 @@ OBJECTIVES: dict[str, Factory] = {
     "piwae": lambda c: O.PIWAE(num_outer=c.num_outer, num_inner=c.num_particles, encoder_gradient="dreg"),
 }
 
-__all__ = ["ENCODERS", "DECODERS", "PRIORS", "OBJECTIVES", "Factory"]
+
+
+#: every value the ``model`` key accepts. ``"vae"`` is built from the four tables above
+#: (:func:`pyro_vae.build.build_vae`); the structured models' factories are
+#: :data:`pyro_vae.build.MODELS` (they live there because :mod:`pyro_vae.models` trains with
+#: :mod:`pyro_vae.train`, which imports :mod:`pyro_vae.config`: here they would close an import cycle)
+MODEL_NAMES = ("vae", "hierarchical", "conditional", "semisupervised")
+
+__all__ = ["ENCODERS", "DECODERS", "PRIORS", "OBJECTIVES", "MODEL_NAMES", "Factory"]

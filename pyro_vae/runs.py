@@ -92,6 +92,13 @@ class Run(NamedTuple):
         if device is not None:
             overrides["device"] = device
         config = load_config(run_dir / CONFIG, overrides)
+        if config.model != "vae":
+            raise ConfigError(
+                f"{run_dir} holds a model = {config.model!r} run; loading runs back (evaluate, sample, reconstruct, "
+                "diagnose, pv.load_run) supports model = 'vae' only for now. Its report and summary.json hold the "
+                "test numbers; rebuild the model with pyro_vae.build.build_program(config, data) and load model.pt "
+                "into program.module"
+            )
         model_file = run_dir / MODEL if (run_dir / MODEL).exists() else run_dir / CHECKPOINT
         state = load_checkpoint(model_file, map_location=config.device)
         data = load_data(config)

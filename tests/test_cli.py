@@ -63,7 +63,7 @@ def test_train_writes_a_complete_run_and_the_other_commands_use_it(tmp_path, cap
 
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text("latent_dims = 3\n")
+    bad.write_text("latent_dimm = 3\n")
     run = tmp_path / "run"
     assert main(["train", "--config", str(bad), "--run-dir", str(run)]) == 2
     assert "did you mean 'latent_dim'" in capsys.readouterr().err

@@ -134,8 +134,9 @@ def compare_models(
         ais_subset: datapoints AIS scores (the first ones; ``None``: all of ``x``).
         ais_options: keyword arguments of :func:`~pyro_vae.evaluation.ais` (``num_steps``,
             ``num_chains``, ``num_leapfrog``, ``seed``, ...).
-        model_args, model_kwargs: the programs' arguments after x (``model(xs, ys)``); those with
+        model_args: the programs' positional arguments after x (``model(xs, ys)``); those with
             one row per datapoint are sliced with x.
+        model_kwargs: their keyword arguments, likewise.
 
     Returns:
         pandas.DataFrame: best model first, with columns ``rank``, ``elpd``, ``se``, ``elpd_diff``,

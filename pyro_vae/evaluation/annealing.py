@@ -680,9 +680,10 @@ def ais(
     """Estimate log p(x_i) for every row of ``x`` by annealed importance sampling (see the module docstring).
 
     Args:
-        model, guide: a Pyro pair called as ``model(x_chunk, *args, **kwargs)`` whose sample sites all
+        model: a Pyro model called as ``model(x_chunk, *args, **kwargs)`` whose sample sites all
             sit in ``pyro.plate(plate_name, ...)`` and whose latents are continuous (a discrete latent
             raises ``ValueError``). Arguments with ``len(x)`` rows are per-datapoint (sliced with x).
+        guide: its guide, called the same way.
         x: data ``(N, ...)``; rows are datapoints.
         num_steps: T, the number of temperatures (≥ 2) of the scored run.
         num_chains: C, independent chains per datapoint.

@@ -132,7 +132,8 @@ class VIMCO(ImportanceObjective):
         baseline: ``"vimco"`` — particle k's learning signal is L̂ − L̂_{−k} (Mnih & Rezende's
             geometric-mean leave-one-out baseline); ``"none"`` — the plain score function, signal
             L̂ for every particle (unbiased, high variance; for comparisons).
-        max_plate_nesting, plate_name: as for every objective.
+        **kwargs: the other objectives' keywords (``max_plate_nesting``, ``plate_name``,
+            ``vectorize_particles``, ...; see :class:`~pyro_vae.objectives.Objective`).
 
     Non-reparameterized guide sites must sit in the data plate (their signals are per
     datapoint) and must not be marked for enumeration (the ELBO / IWAE sum those out exactly).
