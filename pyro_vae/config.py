@@ -91,6 +91,9 @@ class Config:
     # ---- evaluation and output ----
     eval_samples: int = 5000  # importance samples per test datapoint for log p(x)
     eval_memory_mb: int = 1024  # working-memory budget of the log-likelihood evaluation
+    certify_digits: int = 10  # test digits certified by AIS beside IS in the report (0 = none; docs/loglik_trust.md)
+    certify_steps: int = 500  # AIS temperatures of that certificate (sigmoid schedule)
+    certify_chains: int = 8  # AIS chains per certified digit
     run_dir: str = "runs/default"  # where checkpoint, metrics, figures and report go
 
     # -- validation ---------------------------------------------------------------------------
@@ -132,6 +135,10 @@ class Config:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.certify_digits < 0:
+            raise ConfigError(f"certify_digits must be >= 0 (0: no AIS certificate), got {self.certify_digits}")
+        if self.certify_steps < 2 or self.certify_chains < 1:
+            raise ConfigError(f"certify_steps must be >= 2 and certify_chains >= 1, got {self.certify_steps} and {self.certify_chains}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden must be a non-empty list of positive widths, got {self.hidden}")
         for key in ("lr",):
@@ -259,7 +266,8 @@ _FLOAT_FIX = "NaN and infinity are never valid (e.g. --lr 1e-3)"
 
 #: keys a resumed run (``--resume``) may change: they say how long to train, when to stop, where and how fast
 #: to compute, and how to evaluate, never what is trained (the stored config.toml is the truth for the rest)
-RESUMABLE_KEYS = ("epochs", "patience", "eval_samples", "eval_memory_mb", "threads", "device", "data_root",
+RESUMABLE_KEYS = ("epochs", "patience", "eval_samples", "eval_memory_mb", "certify_digits", "certify_steps", "certify_chains",
+                  "threads", "device", "data_root",
                   "download", "run_dir", "accelerator", "devices", "num_nodes", "strategy", "precision")
 
 

@@ -57,8 +57,9 @@ from pyro.poutine.runtime import am_i_wrapped
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_model_guide_match
 from torch import nn
-from torch.distributions import Distribution, Independent, Transform, kl_divergence
+from torch.distributions import Bernoulli, Distribution, Independent, Transform, kl_divergence
 
+from . import _kernels
 from .vae import DATA_PLATE
 
 PARTICLE_PLATE = "num_particles_vectorized"
@@ -176,6 +177,7 @@ def particle_traces(
     particle_plate: bool = True,
     require_plate: bool = True,
     check: bool = True,
+    guide_trace: poutine.Trace | None = None,
 ) -> ParticleTraces:
     """Trace the guide with ``num_particles`` vectorized particles and replay the model on it.
 
@@ -187,6 +189,9 @@ def particle_traces(
 
     A program that fails under the particle plate (``K > 1``) raises :class:`BroadcastError`
     naming the requirement and the fix, chained to the program's own error.
+
+    ``guide_trace``: replay the model on this trace of the guide (already run the same way, e.g.
+    a :func:`slice_particles` block) instead of tracing the guide.
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
@@ -197,7 +202,8 @@ def particle_traces(
     else:
         run_model, run_guide = model, guide
     try:
-        guide_trace = poutine.trace(run_guide).get_trace(*args, **kwargs)
+        if guide_trace is None:
+            guide_trace = poutine.trace(run_guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(run_model, trace=guide_trace)).get_trace(*args, **kwargs)
     except (RuntimeError, IndexError, ValueError, TypeError) as e:
         if not particle_plate or isinstance(e, (PlateError, BroadcastError)) or not runs_as_written(model, guide, args, kwargs):
@@ -351,7 +357,40 @@ def site_log_prob(site: dict, traces: ParticleTraces, plate_name: str = DATA_PLA
     Returns the tensor and whether the site sits in the data plate. Masks are applied; the
     site's scale is not (callers apply it).
     """
-    return reduce_site(site["fn"].log_prob(site["value"]), site, traces, plate_name)
+    return reduce_site(log_prob(site["fn"], site["value"]), site, traces, plate_name)
+
+
+def log_prob(fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+    """``fn.log_prob(value)``, through a fused kernel of :mod:`pyro_vae._kernels` where one
+    computes the same density to float rounding; otherwise ``fn.log_prob`` itself.
+
+    The traced producer scores the user's own distribution objects, which cannot carry our
+    kernels. One case dominates a traced VAE: pixels ``Bernoulli(...).to_event(n)`` (torch's and
+    Pyro's, with ``log_prob`` not overridden, built from logits or probs): torch's
+    ``Bernoulli.log_prob`` broadcasts ``x`` to the logits' shape and runs the
+    binary-cross-entropy chain with several full-size temporaries, which on a ``(K, B, 784)``
+    decoder output costs more than the decoder's matmuls. It is computed here as
+    Σ_d x_d·l_d − softplus(l_d) (:func:`pyro_vae._kernels.bernoulli_log_prob`, one autograd
+    node), after the argument check ``Bernoulli.log_prob`` would make. The dispatch reads what
+    the ``log_prob`` methods *are*, not the classes: a subclass that overrides either method
+    (a mask, a user's own density) keeps its own.
+    """
+    n, base = 0, fn
+    while type(base).log_prob is Independent.log_prob:
+        n += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    if (
+        n >= 1
+        and type(base).log_prob is Bernoulli.log_prob
+        and isinstance(value, torch.Tensor)
+        and value.dtype == base.logits.dtype
+        and value.dim() >= 1
+    ):
+        if base._validate_args:
+            base._validate_sample(value)
+        lp = _kernels.bernoulli_log_prob(base.logits, value)  # summed over the last dim
+        return lp.sum(tuple(range(-(n - 1), 0))) if n > 1 else lp
+    return fn.log_prob(value)
 
 
 # -- stopped parameters --------------------------------------------------------------------------
@@ -992,6 +1031,74 @@ def _enumerate(model, guide, args, kwargs, traces, enum, plate_name, plate, requ
     return EnumeratedParticles(branches, log_q, list(enum))
 
 
+def slice_particles(trace: poutine.Trace, lo: int, hi: int, max_plate_nesting: int) -> poutine.Trace:
+    """A copy of a ``K``-particle guide trace whose latent sites hold particles ``lo:hi`` only.
+
+    Only the values are sliced (along the particle dim, where a value has it with size ``K``);
+    the sites' distributions keep all ``K`` particles, so the copy is for replaying the model on
+    (``poutine.replay`` reads values only), not for scoring the guide. The particle plate's own
+    index site is left out, so the replayed model's particle plate has ``hi - lo`` members and
+    no subsampling scale.
+    """
+    out = poutine.Trace(graph_type=trace.graph_type)
+    pdim = -(max_plate_nesting + 1)
+    for name, site in trace.nodes.items():
+        if name == PARTICLE_PLATE and site_is_subsample(site):
+            continue
+        v = site.get("value")
+        if is_latent(site) and isinstance(v, torch.Tensor):
+            frame = next((f for f in site["cond_indep_stack"] if f.name == PARTICLE_PLATE), None)
+            at = v.dim() - len(site["fn"].event_shape) + pdim
+            if frame is not None and at >= 0 and v.shape[at] == frame.size:
+                site = {**site, "value": v.narrow(at, lo, hi - lo)}
+        out.nodes[name] = site
+    return out
+
+
+def traced_log_weights(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, max_plate_nesting: int,
+    plate_name: str = DATA_PLATE, block_particles: int | None = None,
+) -> torch.Tensor:
+    """``traced_particles(...).log_weights``, ``(K, B)``, with the model replayed on blocks of at
+    most ``block_particles`` particles.
+
+    The guide runs once with all ``K`` particles (the same draws as :func:`traced_particles`,
+    and log q scored at once); the model is replayed on :func:`slice_particles` blocks, so a
+    block's decoder activations are still in cache when its log-density reads them (the
+    component producer's row blocks, for any program). Each block is checked as a whole call is.
+    ``block_particles=None`` (or ≥ K): one block, exactly :func:`traced_particles`; so does a
+    guide with enumerated sites, or one that fails under the particle plate (the random state is
+    restored first, so the draws are the same).
+    """
+    if block_particles is None or block_particles >= num_particles:
+        return traced_particles(model, guide, args, kwargs, num_particles, max_plate_nesting, plate_name).log_weights
+    if block_particles < 1:
+        raise ValueError(f"block_particles must be >= 1, got {block_particles}")
+    cpu_state = torch.random.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        full = poutine.trace(vectorize(guide, num_particles, max_plate_nesting)).get_trace(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - traced_particles runs it again and raises its clear error
+        full = None
+    if full is None or enumerated_sites(full):
+        torch.random.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        return traced_particles(model, guide, args, kwargs, num_particles, max_plate_nesting, plate_name).log_weights
+    parts, traces = [], None
+    for lo in range(0, num_particles, block_particles):
+        hi = min(lo + block_particles, num_particles)
+        traces = particle_traces(model, guide, args, kwargs, hi - lo, max_plate_nesting, plate_name,
+                                 check=lo == 0, guide_trace=slice_particles(full, lo, hi, max_plate_nesting))
+        block = from_traces(traces, plate_name)
+        block.require_local()
+        parts.append(block.log_lik + block.log_prior)
+    # the guide's side at once: its latent sites, scored on the full trace (no model sites: all enter as log q)
+    guide_only = ParticleTraces(poutine.Trace(), full, num_particles, max_plate_nesting, traces.batch_size,
+                                traces.data_scale)
+    return torch.cat(parts) - from_traces(guide_only, plate_name).log_q
+
+
 # -- producer 2: a plain VAE's components ------------------------------------------------------------
 def _reduce_plain(t: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
     return t.unsqueeze(0) if t.dim() - event_dims == 1 else t
@@ -1200,10 +1307,13 @@ __all__ = [
     "from_vae",
     "plain_vae",
     "traced_particles",
+    "traced_log_weights",
+    "slice_particles",
     "guess_max_plate_nesting",
     "particle_traces",
     "reduce_site",
     "site_log_prob",
+    "log_prob",
     "log_weights",
     "WeightAccumulator",
     "DataArgs",

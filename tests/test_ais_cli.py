@@ -22,7 +22,7 @@ import torch
 from pyro_vae.cli import main
 from pyro_vae.config import ConfigError, load_config
 
-TINY_RUN = {"epochs": 1, "hidden": [16], "latent_dim": 3, "eval_samples": 8}
+TINY_RUN = {"epochs": 1, "certify_digits": 0, "hidden": [16], "latent_dim": 3, "eval_samples": 8}
 AIS_FLAGS = ["--ais-steps", "30", "--ais-chains", "8", "--ais-leapfrog", "3"]
 
 

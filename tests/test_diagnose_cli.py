@@ -16,7 +16,7 @@ def trained_run(tmp_path_factory):
     from pyro_vae.cli.run import train_run
 
     run_dir = tmp_path_factory.mktemp("run")
-    config = load_config(None, {"run_dir": str(run_dir), "epochs": 1, "hidden": [16], "latent_dim": 3,
+    config = load_config(None, {"run_dir": str(run_dir), "epochs": 1, "certify_digits": 0, "hidden": [16], "latent_dim": 3,
                                 "eval_samples": 8})
     train_run(config, progress=False, figures=False, log=lambda *_: None)
     return run_dir

@@ -267,7 +267,7 @@ def test_scaling_keys_validate_and_switch_to_lightning():
 
 def test_cli_trains_with_two_processes_and_resumes_in_one(tmp_path, capsys):
     run = tmp_path / "run"
-    tiny = ["--epochs", "1", "--hidden", "16", "--latent-dim", "3", "--eval-samples", "8", "--batch-size", "128",
+    tiny = ["--epochs", "1", "--certify-digits", "0", "--hidden", "16", "--latent-dim", "3", "--eval-samples", "8", "--batch-size", "128",
             "--no-progress", "--no-figures", "--run-dir", str(run)]
     assert main(["train", *tiny, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp_fork"]) == 0
     out = capsys.readouterr().out

@@ -346,7 +346,7 @@ def test_log_likelihood_fast_path_runs_several_decoder_blocks(monkeypatch, fresh
 def test_log_likelihood_fast_path_does_not_trace(monkeypatch, fresh_fast_state):
     vae, x = make_vae(), make_x()
     expected = ll(vae, x, False, num_samples=10)
-    monkeypatch.setattr(LL_MODULE, "traced_particles", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
+    monkeypatch.setattr(LL_MODULE, "traced_log_weights", lambda *a, **k: (_ for _ in ()).throw(AssertionError("traced")))
     assert_same_ll(ll(vae, x, True, num_samples=10), expected)
 
 

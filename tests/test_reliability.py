@@ -27,7 +27,7 @@ import pyro_vae as pv
 from pyro_vae.cli import main
 from pyro_vae.data import DataError
 
-TINY = ["--dataset", "sklearn-digits", "--hidden", "16", "--latent-dim", "3", "--eval-samples", "8",
+TINY = ["--dataset", "sklearn-digits", "--certify-digits", "0", "--hidden", "16", "--latent-dim", "3", "--eval-samples", "8",
         "--batch-size", "64", "--no-progress", "--no-figures", "--threads", "1"]
 
 

@@ -24,8 +24,12 @@ from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywid
 
 from .. import _kernels
 from ..data import as_data, model_dtype
-from ..program import WeightAccumulator, data_args, from_vae, guess_max_plate_nesting, plain_vae, traced_particles
+from ..program import WeightAccumulator, data_args, from_vae, guess_max_plate_nesting, plain_vae, traced_log_weights
 from ..vae import DATA_PLATE
+
+#: Blocks of the traced path hold this many times the component path's rows (a traced block pays
+#: a fixed cost for Pyro's handlers that a component block does not).
+_TRACED_BLOCK_FACTOR = 4
 
 #: Working-memory estimate per (sample, datapoint, feature): ~8 float32 temporaries
 #: (decoder output, log-prob and their autograd-free intermediates).
@@ -166,9 +170,16 @@ def log_likelihood(
         a1, k1 = extra.chunk(0, 1)
         max_plate_nesting = guess_max_plate_nesting(model, guide, (x[:1], *a1), k1)
 
+    # the model replayed on particle blocks (traced_log_weights: the same draws, the decoder's
+    # activations still in cache for the log-density); its hidden layers are guessed as wide as
+    # x, and each traced block costs ~1-3 ms of Pyro machinery, so blocks are bigger than the
+    # component path's (docs/user_programs.md measures the choice)
+    rows = _TRACED_BLOCK_FACTOR * block_rows(x_dim, x_dim, memory_budget, x.device)
+
     def traced_weights(xb: torch.Tensor, chunk: tuple[tuple, dict], k: int) -> torch.Tensor:
         a, kw = chunk
-        return traced_particles(model, guide, (xb, *a), kw, k, max_plate_nesting, plate_name).log_weights
+        return traced_log_weights(model, guide, (xb, *a), kw, k, max_plate_nesting, plate_name,
+                                  block_particles=max(1, rows // max(xb.shape[0], 1)))
 
     return _accumulate(x, num_samples, points, samples, progress, extra.chunk, traced_weights)
 
