@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="folder for table.md/csv, result.json and the figures")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--rank-by", choices=("is", "ais"), default="is",
+                   help="rank by importance sampling, or by AIS on the first --ais-subset test digits")
+    p.add_argument("--ais-subset", type=int, default=50, help="test digits AIS scores (with --rank-by ais)")
+    p.add_argument("--ais-steps", type=int, default=1000, help="AIS temperatures (with --rank-by ais)")
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per digit (with --rank-by ais)")
     return p.parse_args(argv)
 
 
@@ -63,6 +68,9 @@ def main(args: argparse.Namespace) -> ComparisonResult:
         khat_samples=args.khat_samples, snr_repeats=args.snr_repeats,
         snr_ks=tuple(int(k) for k in args.snr_ks.split(",") if k), snr_at="iwae" if "iwae" in chosen else None,
         train_limit=args.train_limit, memory=not args.no_memory, out_dir=args.out, progress=not args.quiet,
+        **({"rank_by": "ais", "ais_subset": args.ais_subset,
+            "ais_options": {"num_steps": args.ais_steps, "num_chains": args.ais_chains}}
+           if args.rank_by == "ais" else {}),
     )
     if not args.quiet:
         print(result.to_markdown())

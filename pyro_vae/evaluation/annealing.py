@@ -26,6 +26,11 @@ posterior samples are available for data simulated from the model (z ~ p(z), x ~
 pair of bounds is bidirectional Monte Carlo (:func:`pyro_vae.evaluation.bdmc`), and its gap
 bounds the error of forward AIS with that schedule on that model (Grosse, Ancha, Roy 2016; Wu et al. 2017).
 
+Discrete latents: a guide site marked for enumeration (``config_enumerate``) is summed out
+exactly, so the chains move the continuous latents z alone under the marginals
+log p(x, z) = log Σ_y p(x, y, z) and log q(z|x) = log Σ_y q(y|x) q(z|x, y) (the program runs once
+per value of y at every evaluation).
+
 How it runs:
 
 * **From traces of your program** — no hand-written density. The latents are the model's
@@ -85,6 +90,7 @@ References:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
@@ -98,8 +104,10 @@ from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywid
 
 from ..data import as_data, model_dtype
 from ..program import (
+    MAX_ASSIGNMENTS,
     PlateError,
     data_args,
+    enumerated_sites,
     guess_max_plate_nesting,
     is_latent,
     is_observed,
@@ -246,7 +254,10 @@ class _Target:
         self.scale = 1.0 / tr.data_scale
         mt, gt = tr.model_trace, tr.guide_trace
         self.observed = [n for n, s in mt.nodes.items() if is_observed(s)]
-        names = [n for n, s in mt.nodes.items() if is_latent(s)]
+        # discrete guide sites marked for enumeration are summed out exactly in both densities
+        self.enum = [n for n in enumerated_sites(gt) if n in mt.nodes]
+        self.enum_values = _assignments(gt, self.enum)
+        names = [n for n, s in mt.nodes.items() if is_latent(s) and n not in self.enum]
         for name, s in gt.nodes.items():
             if is_latent(s) and name not in mt.nodes:
                 raise ValueError(
@@ -260,7 +271,7 @@ class _Target:
                     f"latent site {name!r} of the model has no matching site in the guide; AIS needs the guide to "
                     "draw every latent of the model (for init='guide' it is the starting distribution)"
                 )
-        for name in [*names, *self.observed]:
+        for name in [*names, *self.enum, *self.observed]:
             _, in_plate = reduce_site(torch.zeros(()), mt.nodes[name], tr, plate_name)
             if not in_plate:
                 raise PlateError(
@@ -277,9 +288,9 @@ class _Target:
                 if support.is_discrete:
                     raise ValueError(
                         f"latent site {name!r} is discrete ({type(s['fn']).__name__} in the {who}); AIS moves the "
-                        "latents with Hamiltonian Monte Carlo and needs every latent to be continuous. Enumerating "
-                        "discrete sites (summing them out exactly, as log_likelihood does) is planned; until then "
-                        "sum the site out inside the model by hand, or use pv.log_likelihood (importance sampling)"
+                        "latents with Hamiltonian Monte Carlo and needs every other latent to be continuous. Fix: "
+                        "mark the guide's site for enumeration (pyro.infer.config_enumerate, or "
+                        "infer={'enumerate': 'parallel'}) to sum it out exactly, as log_likelihood does"
                     )
             try:
                 transform = biject_to(ms["fn"].support)
@@ -304,7 +315,7 @@ class _Target:
                     f"expected one per datapoint ({self.batch_size}); AIS needs a latent per datapoint"
                 )
             self.sites.append(_Site(name, transform, _is_identity(transform), data_axis, ms, gs))
-        self.guide_fns = self._cached_guide() if init == "guide" else None
+        self.guide_fns = self._cached_guide() if init == "guide" and not self.enum else None
 
     # -- the guide: traced once when its distributions depend on x alone ---------------------------
     def _cached_guide(self) -> dict | None:
@@ -348,6 +359,26 @@ class _Target:
             total = lp if total is None else total + lp
         return total
 
+    def _enumerated(self, z: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """log p(z), log p(x | z) and log q(z | x) with the enumerated sites y summed out exactly:
+        log p(z) = log Σ_y p(y, z), log p(x, z) = log Σ_y p(x, y, z), log q(z|x) = log Σ_y q(y|x) q(z|x, y)."""
+        cont = [s.name for s in self.sites]
+        prior, joint, q = [], [], []
+        for values in self.enum_values:
+            data = {**z, **values}
+            mt = poutine.trace(poutine.condition(self.model, data=data)).get_trace(*self.args, **self.kwargs)
+            lp = self._terms(mt, [*cont, *self.enum])
+            ll = self._terms(mt, self.observed)
+            prior.append(lp)
+            joint.append(lp if ll is None else lp + ll)
+            if self.init == "guide":
+                gt = poutine.trace(poutine.condition(self.guide, data=data)).get_trace(*self.args, **self.kwargs)
+                q.append(self._terms(gt, [*cont, *self.enum]))
+        log_prior = torch.logsumexp(torch.stack(torch.broadcast_tensors(*prior)), 0)
+        log_joint = torch.logsumexp(torch.stack(torch.broadcast_tensors(*joint)), 0)
+        log_q = torch.logsumexp(torch.stack(torch.broadcast_tensors(*q)), 0) if q else None
+        return log_prior, log_joint - log_prior, log_q
+
     def to_unconstrained(self, z: dict) -> dict:
         return {s.name: (z[s.name] if s.real else s.transform.inv(z[s.name])).detach() for s in self.sites}
 
@@ -370,13 +401,16 @@ class _Target:
                     j = j.reshape(*j.shape[:n], -1).sum(-1)
                 j = reduce_site(j, s.site, self.traces, self.plate_name)[0]
                 log_jac = j if log_jac is None else log_jac + j
-            mt = poutine.trace(poutine.condition(self.model, data=z)).get_trace(*self.args, **self.kwargs)
-            log_prior = self._terms(mt, [s.name for s in self.sites])
-            log_lik = self._terms(mt, self.observed)
+            if self.enum:
+                log_prior, log_lik, log_q = self._enumerated(z)
+            else:
+                mt = poutine.trace(poutine.condition(self.model, data=z)).get_trace(*self.args, **self.kwargs)
+                log_prior = self._terms(mt, [s.name for s in self.sites])
+                log_lik = self._terms(mt, self.observed)
+                log_q = self._log_q(z) if self.init == "guide" else None
             if log_lik is None:
                 log_lik = torch.zeros_like(log_prior)
             if self.init == "guide":
-                log_q = self._log_q(z)
                 joint = log_prior + log_lik
                 g_q, g_joint = _grads(log_q, leaves), _grads(joint, leaves, last=log_jac is None)
                 g_jac = _grads(log_jac, leaves, last=True) if log_jac is not None else None
@@ -434,6 +468,19 @@ class _Target:
         shape = [1] * like.dim()
         shape[0], shape[site.data_axis] = t.shape[0], t.shape[1]
         return t.reshape(shape)
+
+
+def _assignments(guide_trace: Any, names: Sequence[str]) -> list[dict]:
+    """Every joint value of the enumerated sites, as condition data (``[{}]`` when there are none)."""
+    if not names:
+        return [{}]
+    supports = [guide_trace.nodes[n]["fn"].enumerate_support(expand=True) for n in names]
+    sizes = [int(sup.shape[0]) for sup in supports]
+    if math.prod(sizes) > MAX_ASSIGNMENTS:
+        raise ValueError(f"the enumerated sites {list(names)} have {math.prod(sizes)} joint values (> {MAX_ASSIGNMENTS}); "
+                         "AIS would run the program that many times per step. Fix: enumerate fewer sites")
+    return [{n: sup[i] for n, sup, i in zip(names, supports, combo)}
+            for combo in itertools.product(*(range(c) for c in sizes))]
 
 
 def _is_identity(transform: Any) -> bool:
@@ -681,8 +728,10 @@ def ais(
 
     Args:
         model: a Pyro model called as ``model(x_chunk, *args, **kwargs)`` whose sample sites all
-            sit in ``pyro.plate(plate_name, ...)`` and whose latents are continuous (a discrete latent
-            raises ``ValueError``). Arguments with ``len(x)`` rows are per-datapoint (sliced with x).
+            sit in ``pyro.plate(plate_name, ...)`` and whose latents are continuous, except discrete
+            guide sites marked for enumeration, which are summed out exactly in p and in q
+            (log p(x, z) = log Σ_y p(x, y, z), log q(z|x) = log Σ_y q(y|x) q(z|x, y); an unmarked
+            discrete latent raises ``ValueError``). Arguments with ``len(x)`` rows are per-datapoint.
         guide: its guide, called the same way.
         x: data ``(N, ...)``; rows are datapoints.
         num_steps: T, the number of temperatures (≥ 2) of the scored run.
