@@ -6,6 +6,10 @@ encoder with ``gradient="dreg"`` (or use :class:`PIWAE`), whose encoder gradient
 its signal as K grows. :class:`RenyiBound` interpolates between IWAE (α = 0) and the ELBO
 (α → 1). :class:`MIWAE` and :class:`CIWAE` are the other bounds of Rainforth et al. (2018).
 :class:`BetaVAE`, :class:`KLWarmup` and :class:`FreeBits` wrap any of them to reweight the KL.
+A discrete latent with a few values: mark it for enumeration and the ELBO and the standard-gradient
+importance-weighted bounds sum it out
+exactly; one you cannot enumerate: :class:`VIMCO` (the IWAE bound with leave-one-out
+score-function gradients).
 See ``docs/objectives.md`` for the importance-weighted family.
 
 Every objective works three ways::
