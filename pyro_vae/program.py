@@ -981,10 +981,65 @@ class EnumeratedParticles:
         """log Σ_c p(x, y_c, z_kc) / q(z_kc | x, y_c), ``(K, B)``."""
         return torch.logsumexp(torch.stack([b.log_weights for b in self.branches]), dim=0)
 
+    def flattened(self) -> "FlatBranches":
+        """The branches as ``K·C`` particles ordered (k, c), each with log weight
+        log w_kc + log C: a bound on sums of weights within groups of whole particles k (IWAE,
+        MIWAE, PIWAE) is then the same bound on these, and their per-sample estimators (STL, DReG)
+        apply, since each z_kc is a reparameterized draw from its own q(z | x, y_c)."""
+        return FlatBranches(self)
+
     def scale_latents(self, beta: float) -> "EnumeratedParticles":
         """Every latent density, the enumerated ones' included, multiplied by β."""
         return EnumeratedParticles([b.scale_latents(beta) for b in self.branches], self.log_q_enum, self.names,
                                    self.beta * float(beta))
+
+
+class FlatBranches:
+    """:meth:`EnumeratedParticles.flattened`: the record's terms as ``(K·C, B)`` tensors, rows (k, c)."""
+
+    def __init__(self, record: EnumeratedParticles) -> None:
+        self.record = record
+        self.branches = record.branches
+        self.num_branches = len(record.branches)
+        self.num_particles = record.num_particles  # K: what the objective was built for
+        self.batch_size = record.batch_size
+        self.data_scale = record.data_scale
+        self.row_wise = False
+        self._log_c = math.log(self.num_branches)
+
+    def _flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        K, B = self.num_particles, self.batch_size
+        return torch.stack([t.expand(K, B) for t in tensors], 1).reshape(K * self.num_branches, B)
+
+    def require_local(self) -> None:
+        self.record.require_local()
+
+    @property
+    def log_lik(self) -> torch.Tensor:
+        return self._flat([b.log_lik for b in self.branches])
+
+    @property
+    def log_prior(self) -> torch.Tensor:
+        return self._flat([b.log_prior for b in self.branches]) + self._log_c
+
+    @property
+    def log_q(self) -> torch.Tensor:
+        return self._flat([b.log_q for b in self.branches])
+
+    def stopped_log_q(self, who: str) -> torch.Tensor:
+        return self._flat([b.stopped_log_q(who) for b in self.branches])
+
+    @property
+    def samples(self) -> list[torch.Tensor]:
+        return [v for b in self.branches for v in b.samples]
+
+    @property
+    def model_samples(self) -> list[torch.Tensor]:
+        return [v for b in self.branches for v in b.model_samples]
+
+    def check_single_level(self, who: str) -> None:
+        for b in self.branches:
+            b.check_single_level(who)
 
 
 def _enumerate(model, guide, args, kwargs, traces, enum, plate_name, plate, require_plate) -> EnumeratedParticles:
@@ -1301,6 +1356,7 @@ __all__ = [
     "ParticleTraces",
     "from_traces",
     "EnumeratedParticles",
+    "FlatBranches",
     "BroadcastError",
     "stack_particles",
     "enumerated_sites",

@@ -67,7 +67,7 @@ from typing import Any
 
 import torch
 
-from ..program import EnumeratedParticles, Particles, stop_parameters
+from ..program import EnumeratedParticles, FlatBranches, Particles, stop_parameters
 from .base import Objective, Terms, log_mean_exp
 
 #: gradient estimators of the importance-weighted bounds
@@ -99,6 +99,9 @@ class ImportanceObjective(Objective):
     """
 
     _stop_q: bool = False
+    #: is the bound a function of sums of weights within groups of whole particles (IWAE, MIWAE,
+    #: PIWAE)? Then an enumerated site's branches are flattened into particles (see _enumerated_loss)
+    sums_weights: bool = False
 
     def __init__(self, num_particles: int = 1, **kwargs: Any) -> None:
         super().__init__(num_particles=num_particles, **kwargs)
@@ -113,6 +116,9 @@ class ImportanceObjective(Objective):
     def _loss(self, particles: Particles | EnumeratedParticles) -> tuple[torch.Tensor, Terms]:
         if particles.enumerated:
             return self._enumerated_loss(particles)
+        return self._weights_loss(particles)
+
+    def _weights_loss(self, particles: Particles | FlatBranches) -> tuple[torch.Tensor, Terms]:
         self._check_particles(particles)
         particles.require_local()
         who = type(self).__name__
@@ -157,28 +163,38 @@ class ImportanceObjective(Objective):
 
 
     def _enumerated_loss(self, particles: EnumeratedParticles) -> tuple[torch.Tensor, Terms]:
-        """The bound on log w_k = log Σ_c p(x, y_c, z_kc) / q(z_kc | x, y_c) (y summed exactly),
-        with the standard gradient Σ_k c_k ∇ log w_k."""
-        self._check_particles(particles)
-        particles.require_local()
+        """The bound on log w_k = log Σ_c p(x, y_c, z_kc) / q(z_kc | x, y_c) (y summed exactly).
+
+        A bound on sums of weights within groups of particles (:attr:`sums_weights`: IWAE, MIWAE,
+        PIWAE) is the same bound on the ``K·C`` flattened branches (:meth:`EnumeratedParticles.flattened`),
+        so every gradient estimator of :meth:`_loss` applies (STL, DReG, PIWAE's split). The others
+        (CIWAE, Rényi) combine log w_k itself, with the standard gradient Σ_k c_k ∇ log w_k."""
         who = type(self).__name__
-        logw = particles.log_weights
-        lw = logw.detach()
-        bound, c_model, c_sample = self._combine(lw)
-        if self._stop_q or c_model is not c_sample:
-            raise NotImplementedError(
-                f"{who} with gradient={getattr(self, 'gradient', '?')!r} on a program whose guide enumerates "
-                f"{particles.names}: stopped-parameter and routed estimators (STL, DReG, PIWAE's split) are not "
-                "derived for weights summed over enumerated values. Fix: gradient='standard' (IWAE, MIWAE, CIWAE, "
-                "RenyiBound), or sample the discrete site instead of enumerating it"
-            )
-        self.last_log_weights = lw
-        surrogate = (c_sample * logw).sum() if torch.is_grad_enabled() and logw.requires_grad else lw.new_zeros(())
-        loss = -particles.data_scale * (bound.sum() + (surrogate - surrogate.detach()))
+        if self.sums_weights:
+            loss, flat_terms = self._weights_loss(particles.flattened())
+            self.last_log_weights = particles.log_weights.detach()
+            bound = flat_terms.bound
+        else:
+            self._check_particles(particles)
+            particles.require_local()
+            logw = particles.log_weights
+            lw = logw.detach()
+            bound, c_model, c_sample = self._combine(lw)
+            if self._stop_q or c_model is not c_sample:
+                raise NotImplementedError(
+                    f"{who} with gradient={getattr(self, 'gradient', '?')!r} on a program whose guide enumerates "
+                    f"{particles.names}: its bound combines log Σ_y w (not a sum of weights), for which the "
+                    "stopped-parameter estimator is not derived. Fix: gradient='standard', or IWAE / MIWAE / PIWAE "
+                    "(any gradient), or sample the discrete site instead of enumerating it"
+                )
+            self.last_log_weights = lw
+            surrogate = (c_sample * logw).sum() if torch.is_grad_enabled() and logw.requires_grad else lw.new_zeros(())
+            loss = -particles.data_scale * (bound.sum() + (surrogate - surrogate.detach()))
+            bound = bound.mean().detach()
         with torch.no_grad():
             q = particles.q_enum().mean(1)  # (C, B)
             rec = sum(q[c] * b.log_lik.mean(0) for c, b in enumerate(particles.branches))
-            terms = Terms(bound=bound.mean(), reconstruction=rec.mean(), kl=(rec - bound).mean())
+            terms = Terms(bound=bound, reconstruction=rec.mean(), kl=rec.mean() - bound)
         return loss, terms
 
 
@@ -234,6 +250,8 @@ class MIWAE(ImportanceObjective):
         Rainforth, Kosiorek, Le, Maddison, Igl, Wood, Teh (2018). Tighter variational bounds are
         not necessarily better. ICML.
     """
+
+    sums_weights = True  # (IWAE and PIWAE too): groups of whole particles, weights summed
 
     def __init__(
         self,
