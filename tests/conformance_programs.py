@@ -92,6 +92,8 @@ class Program:
     #: exact per-datapoint log p(x_i | args_i), float64, or None where there is no closed form
     exact: Callable[[], torch.Tensor] | None = None
     modules: list = field(default_factory=list)
+    #: repeats of an objective's loss in the value checks (more for programs whose bound varies more)
+    repeats: int = 8
 
     def exact_log_px(self) -> torch.Tensor | None:
         if self.exact is None:
@@ -453,6 +455,73 @@ def nested() -> Program:
                    obs_sites=("obs", "shrink"), exact=lambda: net.exact(x, observed), modules=[net])
 
 
+# ---- 9-12. the library's structured models (pyro_vae.models), small -----------------------------------
+def _binary(seed: int) -> torch.Tensor:
+    return (torch.rand(N, D, generator=torch.Generator().manual_seed(seed)) > 0.5).to(torch.get_default_dtype())
+
+
+def _pretrained(net: nn.Module, x: torch.Tensor, args: tuple = (), steps: int = 300) -> nn.Module:
+    """A few hundred Adam steps of the ELBO on the program's own data (its guide then is a usable
+    proposal, as after training; at random initialization the weights are too heavy-tailed for the
+    per-datapoint tolerances). Seeded; run once per program build."""
+    import pyro_vae as pv
+
+    import warnings
+
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    elbo = pv.objectives.ELBO(num_particles=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the bottom-up model's Monte Carlo KL notice
+        for _ in range(steps):
+            opt.zero_grad()
+            elbo.differentiable_loss(net.model, net.guide, x, *args).backward()
+            opt.step()
+    pyro.clear_param_store()
+    return net
+
+
+def hvae_bottom_up() -> Program:
+    from pyro_vae.models import HierarchicalVAE
+
+    torch.manual_seed(9)
+    x = _binary(19)
+    net = _pretrained(HierarchicalVAE(D, latent_dims=(3, 2), hidden=((8,), (8,)), inference="bottom_up"), x)
+    return Program("hvae_bottom_up", net.model, net.guide, x, closed_form_kl_valid=False,
+                   hierarchical_guide=True, obs_sites=("x",), latent_sites=("z2", "z1"), dependent_guide_sites=("z2",),
+                   modules=[net], repeats=32)
+
+
+def hvae_top_down() -> Program:
+    from pyro_vae.models import HierarchicalVAE
+
+    torch.manual_seed(10)
+    x = _binary(20)
+    net = _pretrained(HierarchicalVAE(D, latent_dims=(3, 2), hidden=((8,), (8,)), inference="top_down"), x)
+    return Program("hvae_top_down", net.model, net.guide, x, hierarchical_guide=True, obs_sites=("x",),
+                   latent_sites=("z2", "z1"), dependent_guide_sites=("z1",), modules=[net], repeats=32)
+
+
+def cvae_model() -> Program:
+    from pyro_vae.models import ConditionalVAE, one_hot
+
+    torch.manual_seed(11)
+    c = one_hot(torch.arange(N) % 3, 3)
+    x = _binary(21)
+    net = _pretrained(ConditionalVAE(D, 3, latent_dim=2, hidden=(8,)), x, (c,))
+    return Program("cvae_model", net.model, net.guide, x, (c,), obs_sites=("x",), modules=[net], repeats=32)
+
+
+def m2_model() -> Program:
+    from pyro_vae.models import SemiSupervisedVAE
+
+    torch.manual_seed(12)
+    x = _binary(22)
+    net = _pretrained(SemiSupervisedVAE(D, 3, latent_dim=2, hidden=(8,)), x)
+    return Program("m2_model", net.model, net.guide, x, enumerated=("y",), reparameterized=False,
+                   obs_sites=("x",), latent_sites=("z", "y"), dependent_guide_sites=("z",), modules=[net], repeats=32)
+
+
 PROGRAMS: dict[str, Callable[[], Program]] = {
     "vae": vae,
     "cvae": cvae,
@@ -462,6 +531,10 @@ PROGRAMS: dict[str, Callable[[], Program]] = {
     "global_scale": global_scale,
     "param_decoder": param_decoder,
     "nested": nested,
+    "hvae_bottom_up": hvae_bottom_up,
+    "hvae_top_down": hvae_top_down,
+    "cvae_model": cvae_model,
+    "m2_model": m2_model,
 }
 
 __all__ = ["Program", "PROGRAMS", "N", "D", "Z"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
@@ -190,6 +191,22 @@ class _SiteSwap(Messenger):
         msg["fn"] = new
 
 
+def _structured_guide(cp: Any, xb: torch.Tensor) -> bool:
+    """Does some guide site's distribution depend on another guide site's draw? (The guide run twice
+    on forked random streams; a site whose log-density at the same value changes depends on a draw.)"""
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        torch.manual_seed(2**31 - 41)
+        t1 = poutine.trace(cp.guide).get_trace(*cp.call_args(xb), **cp.kwargs)
+        t2 = poutine.trace(cp.guide).get_trace(*cp.call_args(xb), **cp.kwargs)
+    for name, site in t1.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in t2.nodes:
+            continue
+        a, b = site["fn"].log_prob(site["value"]), t2.nodes[name]["fn"].log_prob(site["value"])
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True):
+            return True
+    return False
+
+
 def _broadcasts_to(shape: tuple, target: tuple) -> bool:
     try:
         return torch.broadcast_shapes(shape, target) == torch.Size(target)
@@ -238,9 +255,11 @@ class InferenceGaps:
     """Per-datapoint bounds and gaps (tensors ``(N,)``, float64, nats).
 
     ``amortized_elbo`` is the ELBO of the guide as given; ``refined_elbo`` the ELBO after
-    per-datapoint refinement; ``log_likelihood`` the importance-sampled log p(x) with the refined
-    guide as proposal (the estimator of :func:`pyro_vae.log_likelihood`), whose per-datapoint
-    Pareto k̂ is ``log_likelihood_khat``. ``*_se`` are Monte Carlo standard errors;
+    per-datapoint refinement; ``log_likelihood`` the importance-sampled log p(x) (``num_samples``
+    draws) with the refined guide as proposal — for a structured guide (a site's q depends on
+    another site's draw, q(z1 | x, z2), which the mean-field refinement cannot represent), per
+    datapoint the larger of that and the amortized guide's estimate (each a stochastic lower
+    bound) — whose Pareto k̂ is ``log_likelihood_khat``. ``*_se`` are Monte Carlo standard errors;
     ``history`` the mean training ELBO per refinement step.
     """
 
@@ -381,6 +400,7 @@ def inference_gaps(
     out = {k: torch.empty(n, dtype=torch.float64) for k in ("am", "am_se", "re", "re_se", "ll", "khat")}
     families: dict[str, str] = {}
     bar = tqdm(total=len(chunks) * num_steps, desc="refining q", disable=not progress, leave=False)
+    structured = None  # does a guide site's distribution depend on another site's draw? (decided once)
     for lo, hi in chunks:
         xb = x[lo:hi]
         cp = pair.at(lo, hi)  # per-datapoint arguments sliced with x
@@ -407,10 +427,20 @@ def inference_gaps(
             bar.update()
         for p in params:
             p.requires_grad_(False)
-        out["am"][lo:hi], out["am_se"][lo:hi] = stream_weights(cp, cp.guide, xb, num_samples, memory_budget, 1).elbo()
-        r = finish(stream_weights(cp, refined, xb, num_samples, memory_budget, keep), 0, memory_budget)
+        acc_am = stream_weights(cp, cp.guide, xb, num_samples, memory_budget, keep)
+        out["am"][lo:hi], out["am_se"][lo:hi] = acc_am.elbo()
+        acc_re = stream_weights(cp, refined, xb, num_samples, memory_budget, keep)
+        r = finish(acc_re, 0, memory_budget)
         out["re"][lo:hi], out["re_se"][lo:hi] = r.elbo, r.elbo_se
-        out["ll"][lo:hi], out["khat"][lo:hi] = r.log_likelihood, r.khat
+        # log p(x): with the refined guide as proposal; for a structured guide (a site's q depends on
+        # another site's draw: q(z1 | x, z2)), which the mean-field refinement cannot represent, the
+        # larger of that and the amortized guide's estimate (each a stochastic lower bound)
+        am = finish(acc_am, 0, memory_budget, warn_nonfinite=False)
+        if structured is None:
+            structured = _structured_guide(cp, xb)
+        refined_better = r.log_likelihood >= am.log_likelihood if structured else torch.ones_like(r.khat, dtype=torch.bool)
+        out["ll"][lo:hi] = torch.where(refined_better, r.log_likelihood, am.log_likelihood)
+        out["khat"][lo:hi] = torch.where(refined_better, r.khat, am.khat)
     bar.close()
     result = InferenceGaps(
         amortized_elbo=out["am"],
