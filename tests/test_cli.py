@@ -138,9 +138,10 @@ SWAPS = [
 @pytest.mark.parametrize("swap", SWAPS, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
 def test_every_component_swaps_into_the_default_run_by_a_config_key(tmp_path, swap):
     config = load_config(None, {"run_dir": str(tmp_path / "run"), "epochs": 1, "hidden": [16], "latent_dim": 3,
-                                "eval_samples": 4, "batch_size": 500, "prior_components": 5, **swap})
+                                "certify_digits": 2, "certify_steps": 5, "certify_chains": 2, "eval_samples": 4, "batch_size": 500, "prior_components": 5, **swap})
     summary = train_run(config, progress=False, figures=False, log=lambda *_: None)
     assert math.isfinite(summary.test_elbo) and math.isfinite(summary.test_log_likelihood)
+    assert summary.ais is not None and math.isfinite(summary.ais["ais_mean"])  # AIS runs on every component
     expected_kl = "analytic" if config.encoder == "diag_normal" and config.prior in ("standard_normal", "diagonal_gaussian") else "monte carlo"
     assert summary.kl_sites == {"z": expected_kl}
 
@@ -168,7 +169,7 @@ OBJECTIVE_SWAPS = [
 def test_every_objective_swaps_in_by_a_config_key(tmp_path, swap):
     from pyro_vae.build import build_objective
 
-    config = load_config(None, {"run_dir": str(tmp_path / "run"), "epochs": 1, "hidden": [16], "latent_dim": 3,
+    config = load_config(None, {"run_dir": str(tmp_path / "run"), "epochs": 1, "hidden": [16], "latent_dim": 3, "certify_digits": 0,
                                 "eval_samples": 4, "batch_size": 500, **swap})
     summary = train_run(config, progress=False, figures=False, log=lambda *_: None)
     assert math.isfinite(summary.test_elbo) and math.isfinite(summary.test_log_likelihood)

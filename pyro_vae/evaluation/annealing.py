@@ -292,14 +292,13 @@ class _Target:
                         "mark the guide's site for enumeration (pyro.infer.config_enumerate, or "
                         "infer={'enumerate': 'parallel'}) to sum it out exactly, as log_likelihood does"
                     )
-            try:
-                transform = biject_to(ms["fn"].support)
-            except NotImplementedError:
+            transform = _unconstraining(ms["fn"].support, gs["fn"].support)
+            if transform is None:
                 raise ValueError(
                     f"latent site {name!r} has support {ms['fn'].support} with no bijection to unconstrained space "
                     "(torch.distributions.biject_to); AIS runs HMC in unconstrained space. Fix: reparametrize the "
                     "site with a distribution whose support torch can map to the reals"
-                ) from None
+                )
             frame = next(f for f in ms["cond_indep_stack"] if f.name == plate_name)
             value = ms["value"]
             event = len(ms["fn"].event_shape)
@@ -468,6 +467,18 @@ class _Target:
         shape = [1] * like.dim()
         shape[0], shape[site.data_axis] = t.shape[0], t.shape[1]
         return t.reshape(shape)
+
+
+def _unconstraining(*supports: Any) -> Any:
+    """``biject_to`` of the first support torch can map (a mixture's support is its components'),
+    or None."""
+    for support in supports:
+        while support is not None:
+            try:
+                return biject_to(support)
+            except NotImplementedError:
+                support = getattr(support, "base_constraint", None)
+    return None
 
 
 def _assignments(guide_trace: Any, names: Sequence[str]) -> list[dict]:
