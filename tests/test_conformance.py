@@ -476,7 +476,7 @@ def test_objective_gradient(name: str, objective: str) -> None:
         loss = obj.differentiable_loss(prog.model, prog.guide, prog.x, *prog.args)
         named = dict(pyro.get_param_store().named_parameters())  # unconstrained leaves
         for m in prog.modules:  # a PyroModule's parameters live on the module, not in the store
-            for n, p in m.named_parameters():
+            for n, p in (m.named_parameters() if isinstance(m, torch.nn.Module) else ()):
                 if p.requires_grad and all(p is not q for q in named.values()):
                     named[f"{type(m).__name__}.{n}"] = p
         names, params = zip(*named.items())
@@ -669,7 +669,8 @@ def _all_params(prog: Program) -> list[torch.Tensor]:
     """The param store's leaves and, for PyroModules, the modules' own parameters."""
     params = [p for _, p in pyro.get_param_store().named_parameters()]
     for m in prog.modules:
-        params += [p for p in m.parameters() if p.requires_grad and all(p is not q for q in params)]
+        if isinstance(m, torch.nn.Module):
+            params += [p for p in m.parameters() if p.requires_grad and all(p is not q for q in params)]
     return params
 
 
