@@ -40,6 +40,7 @@ the Monte Carlo term for that site and says so).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -47,7 +48,7 @@ import math
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyro
 import pyro.poutine as poutine
@@ -201,21 +202,11 @@ def particle_traces(
         run_model, run_guide = vectorize(model, num_particles, max_plate_nesting), vectorize(guide, num_particles, max_plate_nesting)
     else:
         run_model, run_guide = model, guide
-    try:
+    with blame_broadcasting(model, guide, args, kwargs, num_particles if particle_plate else None, max_plate_nesting,
+                            "or run particles one at a time: vectorize_particles=False for the objectives"):
         if guide_trace is None:
             guide_trace = poutine.trace(run_guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(run_model, trace=guide_trace)).get_trace(*args, **kwargs)
-    except (RuntimeError, IndexError, ValueError, TypeError) as e:
-        if not particle_plate or isinstance(e, (PlateError, BroadcastError)) or not runs_as_written(model, guide, args, kwargs):
-            raise
-        raise BroadcastError(
-            f"the model/guide failed when run with {num_particles} vectorized particles (an outer "
-            f"pyro.plate of size {num_particles} at dim {-(max_plate_nesting + 1)}, so every sample gains a "
-            f"leading particle dimension): {type(e).__name__}: {e}. The program is not broadcast-safe (e.g. it "
-            "indexes with a boolean mask, reshapes with fixed sizes, or reads z.shape[0] as the batch size). Fix: "
-            "write it for any leading batch dims (index with `...`, use `x.shape[-1]`, poutine.mask instead of "
-            "boolean indexing), or run particles one at a time: vectorize_particles=False for the objectives"
-        ) from e
     frame = _find_data_frame(guide_trace, plate_name) or _find_data_frame(model_trace, plate_name)
     unsized = frame is not None and (frame.size is None or frame.size < 1)
     if check and is_validation_enabled() and not unsized:  # an unsized plate broadcasts the model's sites: no check
@@ -272,10 +263,38 @@ def prior_depends_on(traces: ParticleTraces, name: str, others: list[str]) -> bo
             mt = traces.replay_model(gt)
         except Exception:  # noqa: BLE001 - a redraw the program cannot take: assume it depends
             return True
-    z = traces.model_trace.nodes[name]["value"].detach()
-    before = traces.model_trace.nodes[name]["fn"].log_prob(z)
-    after = mt.nodes[name]["fn"].log_prob(z)
-    return before.shape != after.shape or not torch.allclose(before.detach(), after, rtol=1e-6, atol=1e-6, equal_nan=True)
+    return density_changed(traces.model_trace.nodes[name], mt.nodes[name])
+
+
+def density_changed(site: dict, other: dict) -> bool:
+    """Do two traced copies of one site, from runs with different draws elsewhere, give different
+    log-densities at ``site``'s value? A distribution built from the data and parameters alone gives
+    the same numbers; one that depends on another site's draw does not."""
+    z = site["value"].detach()
+    a, b = site["fn"].log_prob(z).detach(), other["fn"].log_prob(z).detach()
+    return a.shape != b.shape or not torch.allclose(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@contextlib.contextmanager
+def blame_broadcasting(model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int | None,
+                       max_plate_nesting: int, fix: str) -> Iterator[None]:
+    """Re-raise an error of the program run under the ``num_particles`` particle plate as a
+    :class:`BroadcastError` naming the requirement and the fix (``fix`` ends the message) — when the
+    pair runs as written; a program's own bug, or ``num_particles=None``, is re-raised unchanged."""
+    try:
+        yield
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:
+        if num_particles is None or isinstance(e, (PlateError, BroadcastError)) or not runs_as_written(
+                model, guide, args, kwargs):
+            raise
+        raise BroadcastError(
+            f"the model/guide failed when run with {num_particles} vectorized particles (an outer "
+            f"pyro.plate of size {num_particles} at dim {-(max_plate_nesting + 1)}, so every sample gains a "
+            f"leading particle dimension): {type(e).__name__}: {e}. The program is not broadcast-safe (e.g. it "
+            "indexes with a boolean mask, reshapes with fixed sizes, or reads z.shape[0] as the batch size). Fix: "
+            "write it for any leading batch dims (index with `...`, use `x.shape[-1]`, poutine.mask instead of "
+            f"boolean indexing), {fix}"
+        ) from e
 
 
 def runs_as_written(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> bool:
@@ -920,6 +939,22 @@ def enumerated_sites(guide_trace: poutine.Trace) -> list[str]:
     ]
 
 
+def enumerated_assignments(guide_trace: poutine.Trace, names: list[str]) -> list[dict]:
+    """Every joint value of the enumerated sites ``names`` as condition data (``[{}]`` for none),
+    each value with the site's batch shape; at most :data:`MAX_ASSIGNMENTS` (else ``ValueError``)."""
+    if not names:
+        return [{}]
+    supports = [guide_trace.nodes[n]["fn"].enumerate_support(expand=True) for n in names]
+    sizes = [int(sup.shape[0]) for sup in supports]
+    if math.prod(sizes) > MAX_ASSIGNMENTS:
+        raise ValueError(
+            f"the enumerated sites {list(names)} have {math.prod(sizes)} joint values (> {MAX_ASSIGNMENTS}); summing "
+            "them exactly would run the program that many times. Fix: enumerate fewer sites, or sample some"
+        )
+    return [{n: sup[i] for n, sup, i in zip(names, supports, combo)}
+            for combo in itertools.product(*(range(c) for c in sizes))]
+
+
 @dataclass
 class EnumeratedParticles:
     """The record of a program whose guide enumerates discrete sites, summed out exactly.
@@ -1063,16 +1098,8 @@ def _enumerate(model, guide, args, kwargs, traces, enum, plate_name, plate, requ
         if not getattr(site["fn"], "has_enumerate_support", False):
             raise ValueError(f"guide site {name!r} is marked for enumeration but {type(site['fn']).__name__} "
                              "has no finite support to enumerate; remove its infer={'enumerate': ...}")
-    supports = [gt.nodes[n]["fn"].enumerate_support(expand=True) for n in enum]
-    sizes = [int(sup.shape[0]) for sup in supports]
-    if math.prod(sizes) > MAX_ASSIGNMENTS:
-        raise ValueError(
-            f"the enumerated sites {enum} have {math.prod(sizes)} joint values (> {MAX_ASSIGNMENTS}); summing them "
-            "exactly would run the program that many times. Fix: enumerate fewer sites, or sample some"
-        )
     branches, log_q = [], []
-    for combo in itertools.product(*(range(c) for c in sizes)):
-        data = {n: sup[i] for n, sup, i in zip(enum, supports, combo)}
+    for data in enumerated_assignments(gt, enum):
         t = particle_traces(poutine.condition(model, data=data), poutine.condition(guide, data=data), args, kwargs,
                             traces.num_particles, traces.max_plate_nesting, plate_name, particle_plate=plate,
                             require_plate=require_plate, check=False)  # the pair was checked unconditioned
@@ -1360,6 +1387,7 @@ __all__ = [
     "BroadcastError",
     "stack_particles",
     "enumerated_sites",
+    "enumerated_assignments",
     "from_vae",
     "plain_vae",
     "traced_particles",
@@ -1376,6 +1404,7 @@ __all__ = [
     "data_args",
     "stop_parameters",
     "latent_kl",
+    "density_changed",
     "rows_independent",
     "is_sample",
     "is_latent",

@@ -12,7 +12,6 @@ sites must sit in the data plate (``pyro.plate("data", len(x_chunk))`` by defaul
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
@@ -24,10 +23,9 @@ import torch
 from ..evaluation.log_likelihood import plan_chunks
 from ..program import (
     PARTICLE_PLATE,
-    BroadcastError,
     DataArgs,
     PlateError,
-    runs_as_written,
+    blame_broadcasting,
     data_args,
     guess_max_plate_nesting,
     is_latent,
@@ -176,23 +174,11 @@ def sample_chunks(num_samples: int, per_chunk: int) -> Iterator[tuple[int, int]]
 vectorized = vectorize
 
 
-@contextlib.contextmanager
-def _broadcast_errors(pair: Pair, xb: torch.Tensor, num_particles: int | None) -> Iterator[None]:
+def _broadcast_errors(pair: Pair, xb: torch.Tensor, num_particles: int | None) -> Any:
     """A program that fails under the particle plate but runs as written: a :class:`BroadcastError`
     naming the requirement (diagnostics draw their samples in one vectorized pass)."""
-    try:
-        yield
-    except (RuntimeError, IndexError, ValueError, TypeError) as e:
-        if num_particles is None or isinstance(e, (PlateError, BroadcastError)):
-            raise
-        if not runs_as_written(pair.model, pair.guide, pair.call_args(xb), pair.kwargs):
-            raise
-        raise BroadcastError(
-            f"the model/guide failed when run with {num_particles} vectorized samples per datapoint (an outer "
-            f"pyro.plate at dim {-(pair.max_plate_nesting + 1)}): {type(e).__name__}: {e}. Diagnostics draw their "
-            "samples in one vectorized pass, so the program must be broadcast-safe. Fix: write it for any leading "
-            "batch dims (index with `...`, use `x.shape[-1]`, poutine.mask instead of boolean indexing)"
-        ) from e
+    return blame_broadcasting(pair.model, pair.guide, pair.call_args(xb), pair.kwargs, num_particles,
+                              pair.max_plate_nesting, "as diagnostics draw their samples in one vectorized pass")
 
 
 def trace_guide(pair: Pair, xb: torch.Tensor, num_particles: int | None = None) -> poutine.Trace:

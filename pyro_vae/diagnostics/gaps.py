@@ -33,7 +33,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywidgets
 
-from ..program import PlateError, log_weights, particle_traces
+from ..program import PlateError, density_changed, is_latent, log_weights, particle_traces
 from ..vae import DATA_PLATE
 from ._common import (
     DEFAULT_MEMORY_BUDGET,
@@ -198,13 +198,8 @@ def _structured_guide(cp: Any, xb: torch.Tensor) -> bool:
         torch.manual_seed(2**31 - 41)
         t1 = poutine.trace(cp.guide).get_trace(*cp.call_args(xb), **cp.kwargs)
         t2 = poutine.trace(cp.guide).get_trace(*cp.call_args(xb), **cp.kwargs)
-    for name, site in t1.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in t2.nodes:
-            continue
-        a, b = site["fn"].log_prob(site["value"]), t2.nodes[name]["fn"].log_prob(site["value"])
-        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True):
-            return True
-    return False
+    return any(density_changed(site, t2.nodes[name]) for name, site in t1.nodes.items()
+               if is_latent(site) and name in t2.nodes)
 
 
 def _broadcasts_to(shape: tuple, target: tuple) -> bool:

@@ -90,7 +90,6 @@ References:
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
@@ -104,9 +103,9 @@ from tqdm import tqdm  # plain tqdm: tqdm.auto warns in notebooks without ipywid
 
 from ..data import as_data, model_dtype
 from ..program import (
-    MAX_ASSIGNMENTS,
     PlateError,
     data_args,
+    enumerated_assignments,
     enumerated_sites,
     guess_max_plate_nesting,
     is_latent,
@@ -256,7 +255,7 @@ class _Target:
         self.observed = [n for n, s in mt.nodes.items() if is_observed(s)]
         # discrete guide sites marked for enumeration are summed out exactly in both densities
         self.enum = [n for n in enumerated_sites(gt) if n in mt.nodes]
-        self.enum_values = _assignments(gt, self.enum)
+        self.enum_values = enumerated_assignments(gt, self.enum)
         names = [n for n, s in mt.nodes.items() if is_latent(s) and n not in self.enum]
         for name, s in gt.nodes.items():
             if is_latent(s) and name not in mt.nodes:
@@ -479,19 +478,6 @@ def _unconstraining(*supports: Any) -> Any:
             except NotImplementedError:
                 support = getattr(support, "base_constraint", None)
     return None
-
-
-def _assignments(guide_trace: Any, names: Sequence[str]) -> list[dict]:
-    """Every joint value of the enumerated sites, as condition data (``[{}]`` when there are none)."""
-    if not names:
-        return [{}]
-    supports = [guide_trace.nodes[n]["fn"].enumerate_support(expand=True) for n in names]
-    sizes = [int(sup.shape[0]) for sup in supports]
-    if math.prod(sizes) > MAX_ASSIGNMENTS:
-        raise ValueError(f"the enumerated sites {list(names)} have {math.prod(sizes)} joint values (> {MAX_ASSIGNMENTS}); "
-                         "AIS would run the program that many times per step. Fix: enumerate fewer sites")
-    return [{n: sup[i] for n, sup, i in zip(names, supports, combo)}
-            for combo in itertools.product(*(range(c) for c in sizes))]
 
 
 def _is_identity(transform: Any) -> bool:

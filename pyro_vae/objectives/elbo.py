@@ -77,20 +77,10 @@ class ELBO(Objective):
         if particles.enumerated:
             return self._enumerated_loss(particles)
         K, B, ds = particles.num_particles, particles.batch_size, particles.data_scale
-        beta = particles.beta
         kl_sum = None  # Σ_b mean_k of the per-datapoint KL terms, relative-scaled
         global_total = particles.global_log_lik() if particles.global_sites() else None  # scaled, summed
-        for f in particles.fixed:  # an enumerated site's value in this branch: −log p(y) joins the KL
-            term = -_sum_mean_k(f.log_prob, K, B) * (beta * f.scale)
-            kl_sum = term if kl_sum is None else kl_sum + term
-        for site in particles.latents:
-            if site.p is None:  # auxiliary guide site: enters as −log q
-                kl = site.reduce(site.q.log_prob(site.value))
-                scale = beta * site.q_scale
-            else:
-                kl = self._kl(site)
-                scale = beta * site.p_scale
-            if site.in_plate:
+        for kl, scale, in_plate in self._kl_terms(particles):
+            if in_plate:
                 term = _sum_mean_k(kl, K, B)
                 term = term if (isinstance(scale, float) and scale == 1.0) else scale * term
                 kl_sum = term if kl_sum is None else kl_sum + term
@@ -109,6 +99,19 @@ class ELBO(Objective):
                 kl=torch.zeros((), dtype=rec_sum.dtype) if kl_sum is None else kl_sum / B,
             )
         return -bound_sum, terms
+
+    def _kl_terms(self, particles: Particles):
+        """Each KL-side term of the bound as ``(kl, scale, in_plate)``, ``kl`` a ``(K|1, B|1)`` tensor
+        that enters as −scale · kl: a latent site's KL (closed form where valid); an auxiliary guide
+        site's log q; an enumerated site's −log p(y) at this branch's value."""
+        beta = particles.beta
+        for f in particles.fixed:
+            yield -f.log_prob, beta * f.scale, f.in_plate
+        for site in particles.latents:
+            if site.p is None:
+                yield site.reduce(site.q.log_prob(site.value)), beta * site.q_scale, site.in_plate
+            else:
+                yield self._kl(site), beta * site.p_scale, site.in_plate
 
     def _enumerated_loss(self, particles: EnumeratedParticles) -> tuple[torch.Tensor, Terms]:
         """Σ_c q(y_c | x) (ELBO_c − β log q(y_c | x)) per datapoint, as TraceEnum_ELBO sums it."""
@@ -137,20 +140,14 @@ class ELBO(Objective):
 
 def _per_datapoint(particles: Particles, elbo: ELBO) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-datapoint ``(B,)`` ELBO and reconstruction term of a record whose sites are all local."""
-    B, beta = particles.batch_size, particles.beta
+    B = particles.batch_size
 
     def mean_k(t: torch.Tensor) -> torch.Tensor:  # (K|1, B|1) -> (B,)
         return t.expand(B) if t.dim() == 0 else t.expand(t.shape[0], B).mean(0)
 
     rec = mean_k(particles.log_lik)
     bound = rec
-    for f in particles.fixed:
-        bound = bound + (beta * f.scale) * mean_k(f.log_prob)
-    for site in particles.latents:
-        if site.p is None:
-            kl, scale = site.reduce(site.q.log_prob(site.value)), beta * site.q_scale
-        else:
-            kl, scale = elbo._kl(site), beta * site.p_scale
+    for kl, scale, _ in elbo._kl_terms(particles):
         bound = bound - scale * mean_k(kl)
     return bound, rec
 
