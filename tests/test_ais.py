@@ -14,7 +14,7 @@ import torch
 import pyro_vae as pv
 from pyro_vae.evaluation import AISResult, BDMCResult, ais, bdmc
 from pyro_vae.program import PlateError
-from pyro_vae.testing import LinearGaussian
+from pyro_vae.testing import GaussianMixture, LinearGaussian
 
 from pyro_vae.evaluation import annealing as ais_module  # noqa: E402
 
@@ -394,30 +394,9 @@ def test_latent_outside_the_data_plate_is_a_plate_error():
 
 
 # -- an enumerated discrete site, summed exactly in both densities -------------------------------------
-_PI = torch.tensor([0.2, 0.5, 0.3])
-_MU = torch.tensor([-2.0, 0.0, 1.5])
-_SIGMA = 0.7
-
-
-def _mixture_model(x):
-    with pyro.plate("data", x.shape[0]):
-        y = pyro.sample("y", dist.Categorical(_PI))
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        pyro.sample("x", dist.Normal(z + _MU[y], _SIGMA), obs=x)
-
-
-def _mixture_exact(x):
-    """log p(x) = log Σ_y π_y N(x; μ_y, 1 + σ²) (z integrated in closed form)."""
-    return torch.logsumexp(_PI.log() + dist.Normal(_MU, math.sqrt(1 + _SIGMA**2)).log_prob(x.unsqueeze(-1)), -1)
-
-
-@pyro.infer.config_enumerate
-def _mixture_exact_guide(x):
-    with pyro.plate("data", x.shape[0]):
-        y = pyro.sample("y", dist.Categorical(logits=_PI.log() + dist.Normal(_MU, math.sqrt(1 + _SIGMA**2))
-                                                .log_prob(x.unsqueeze(-1))))
-        prec = 1.0 + 1.0 / _SIGMA**2
-        pyro.sample("z", dist.Normal((x - _MU[y]) / _SIGMA**2 / prec, prec**-0.5))
+_GM = GaussianMixture()  # y ~ Cat(π), z ~ N(0, 1), x | y, z ~ N(z + μ_y, σ²): log p(x) in closed form
+_MU = _GM.mu
+_mixture_model, _mixture_exact_guide, _mixture_exact = _GM.model, _GM.exact_guide, _GM.log_marginal
 
 
 @pyro.infer.config_enumerate

@@ -18,6 +18,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
 import pyro_vae as pv
 from pyro_vae.program import BroadcastError
+from pyro_vae.testing import GaussianMixture
 
 O = pv.objectives
 
@@ -87,29 +88,9 @@ def masked_index_guide(x, keep):
 
 
 # -- a Gaussian mixture with the exact posterior as the guide ------------------------------------
-PI = torch.tensor([0.2, 0.5, 0.3])
-MU = torch.tensor([-2.0, 0.0, 1.5])
-SIGMA = 0.7  # x | y, z ~ N(z + μ_y, σ²), z ~ N(0, 1)
-
-
-def mixture_model(x):
-    with pyro.plate("data", x.shape[0]):
-        y = pyro.sample("y", dist.Categorical(PI))
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        pyro.sample("x", dist.Normal(z + MU[y], SIGMA), obs=x)
-
-
-def _exact_log_px(x):
-    return torch.logsumexp(PI.log() + dist.Normal(MU, math.sqrt(1 + SIGMA**2)).log_prob(x.unsqueeze(-1)), -1)
-
-
-@config_enumerate
-def mixture_guide_exact(x):
-    with pyro.plate("data", x.shape[0]):
-        logits = PI.log() + dist.Normal(MU, math.sqrt(1 + SIGMA**2)).log_prob(x.unsqueeze(-1))
-        y = pyro.sample("y", dist.Categorical(logits=logits))
-        prec = 1.0 + 1.0 / SIGMA**2
-        pyro.sample("z", dist.Normal((x - MU[y]) / SIGMA**2 / prec, prec**-0.5))
+GM = GaussianMixture()  # y ~ Cat(π), z ~ N(0, 1), x | y, z ~ N(z + μ_y, σ²): log p(x) in closed form
+PI, MU, SIGMA = GM.pi, GM.mu, GM.sigma
+mixture_model, mixture_guide_exact, _exact_log_px = GM.model, GM.exact_guide, GM.log_marginal
 
 
 @config_enumerate
