@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -210,8 +211,8 @@ def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         >>> bool(torch.allclose(linear(h, w, b), F.linear(h, w, b), atol=1e-5))
         True
     """
-    if not _onednn_applies(h, weight):
-        return F.linear(h, weight, bias)
+    if not _onednn_applies(h, weight) or torch.is_autocast_enabled(h.device.type):
+        return F.linear(h, weight, bias)  # (under autocast F.linear runs in the autocast dtype)
     grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     h = h.contiguous()
     w = weight.contiguous()
@@ -249,6 +250,18 @@ def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 # -- Bernoulli log-density -------------------------------------------------------------------------
+def _broadcast(a: torch.Size, b: torch.Size) -> tuple:
+    """The broadcast shape of two shapes (``torch.broadcast_shapes`` imports sympy on first use)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for i, j in zip(a, b):
+        if i != j and i != 1 and j != 1:
+            raise RuntimeError(f"shapes {a} and {b} do not broadcast")
+        out.append(j if i == 1 else i)
+    return tuple(out)
+
+
 def _fills(big: torch.Size, *small: torch.Size) -> bool:
     """Whether every ``small`` shape broadcasts into ``big`` (without Python's general
     ``torch.broadcast_shapes``, which costs more than the kernel on small inputs)."""
@@ -280,14 +293,68 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = grad.unsqueeze(-1)
         grad_logits = grad_x = None
         if ctx.needs_input_grad[0]:
-            s = torch.sigmoid(logits)
-            if _fills(s.shape, x.shape, g.shape):
-                grad_logits = s.neg_().add_(x).mul_(g)  # (x − σ(l)) · grad, in place
-            else:
-                grad_logits = ((x - s) * g).sum_to_size(logits.shape)
+            grad_logits = _bernoulli_grad(logits, x, g)
         if ctx.needs_input_grad[1]:
             grad_x = (logits * g).sum_to_size(x.shape)
         return grad_logits, grad_x
+
+
+class _BernoulliGradientOnly(torch.autograd.Function):
+    """:class:`_BernoulliLogProb`'s gradient without its value (inside :class:`gradient_only`).
+
+    The forward returns NaN (the value is not computed: softplus over every pixel is the
+    costliest elementwise pass of a decoder evaluation), so a value read by mistake poisons
+    what it touches instead of passing for a number. The backward is the exact (x − σ(l)) · grad
+    in the logits' own dtype (bfloat16 under autocast).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(logits, x)
+        shape = _broadcast(logits.shape, x.shape)[:-1]
+        return torch.full(shape, math.nan, dtype=torch.promote_types(logits.dtype, x.dtype), device=logits.device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        logits, x = ctx.saved_tensors
+        grad_logits = grad_x = None
+        g = grad.unsqueeze(-1).to(logits.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_logits = _bernoulli_grad(logits, x, g)
+        if ctx.needs_input_grad[1]:
+            grad_x = (logits * g).sum_to_size(x.shape).to(x.dtype)
+        return grad_logits, grad_x
+
+
+class gradient_only:
+    """Context manager: inside it, differentiable :func:`bernoulli_log_prob` calls return NaN in
+    place of their value and keep their exact gradient (:class:`_BernoulliGradientOnly`).
+
+    For callers that need ∇ log p and not log p — the inner leapfrog steps of AIS
+    (:mod:`pyro_vae.evaluation.annealing`) — and only where the gradient of what they
+    differentiate does not depend on the Bernoulli value (sums and constant scales of site
+    log-densities; not a logsumexp over enumerated values). No-gradient calls are unaffected.
+    """
+
+    def __enter__(self) -> "gradient_only":
+        self._before = _state.get("gradient_only", False)
+        _state["gradient_only"] = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _state["gradient_only"] = self._before
+
+
+def _bernoulli_grad(logits: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """(x − σ(l)) · g in the logits' dtype, in one temporary: σ(l), then x − σ(l) written over it
+    in one pass, then the product, skipped on CPU when every g is 1 (the gradient of a plain sum)."""
+    s = torch.sigmoid(logits)
+    if not _fills(s.shape, x.shape, g.shape):
+        return ((x - s) * g).sum_to_size(logits.shape)
+    torch.sub(x.to(s.dtype), s, out=s)
+    if s.device.type != "cpu" or not bool((g == 1).all()):  # (a CUDA check would wait for the device)
+        s.mul_(g)
+    return s
 
 
 def _bernoulli_value(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -367,6 +434,8 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, compile: bool | No
         True
     """
     if torch.is_grad_enabled() and (logits.requires_grad or x.requires_grad):
+        if _state.get("gradient_only", False):
+            return _BernoulliGradientOnly.apply(logits, x)
         return _BernoulliLogProb.apply(logits, x)
     if compile if compile is not None else _state.get("compile_active", False):
         out = _compiled_bernoulli(logits, x)
@@ -375,4 +444,4 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, compile: bool | No
     return _bernoulli_value(logits, x)
 
 
-__all__ = ["Settings", "settings", "linear", "bernoulli_log_prob", "compiled_bernoulli", "report", "reset"]
+__all__ = ["Settings", "settings", "linear", "bernoulli_log_prob", "compiled_bernoulli", "gradient_only", "report", "reset"]

@@ -123,6 +123,7 @@ def bdmc(
     pilot_steps: int | None = None,
     mass: str = "identity",
     memory_budget: float = 1 << 30,
+    gradient_precision: str = "auto",
     max_plate_nesting: int | None = None,
     plate_name: str = DATA_PLATE,
     per_datapoint: Sequence[int | str] | None = None,
@@ -136,7 +137,8 @@ def bdmc(
     by a model that reads them beyond the observed site). z ~ p(z) and x ~ p(x|z) come from the
     model run with its observed site sampled (:func:`pyro.poutine.uncondition`); the model must
     observe x at exactly one site in the data plate. Every other argument is that of
-    :func:`~pyro_vae.evaluation.ais`; the reverse run reuses the forward run's frozen step sizes.
+    :func:`~pyro_vae.evaluation.ais`; the reverse run reuses the forward run's frozen step sizes and
+    its gradient precision.
 
     Returns:
         :class:`BDMCResult`.
@@ -150,7 +152,7 @@ def bdmc(
         torch.Size([3])
     """
     _check_options(num_steps, num_chains, schedule, init, num_leapfrog, target_accept, pilot_steps, mass,
-                   memory_budget)
+                   memory_budget, gradient_precision)
     x_template = _check_data(model, guide, x_template, "bdmc")
     n = x_template.shape[0]
     frozen = _check_step_size(step_size, n)
@@ -168,12 +170,13 @@ def bdmc(
         def exact(lo: int, hi: int) -> dict:
             return {k: v.narrow(axes[k], lo, hi - lo) for k, v in latents.items()}
 
-        fw, fw_acc, steps = _run(model, guide, x, extra, frozen=frozen, max_plate_nesting=max_plate_nesting,
-                                 desc="BDMC forward", **common)
-        rv, rv_acc, _ = _run(model, guide, x, extra, frozen=steps, max_plate_nesting=max_plate_nesting,
-                             exact=exact, desc="BDMC reverse", **common)
-    forward = _result(fw, fw_acc, steps, num_steps, num_chains, num_leapfrog, schedule, init)
-    reverse = _result(rv, rv_acc, steps, num_steps, num_chains, num_leapfrog, schedule, init, reverse=True)
+        fw, fw_acc, steps, used = _run(model, guide, x, extra, frozen=frozen, max_plate_nesting=max_plate_nesting,
+                                       desc="BDMC forward", gradient_precision=gradient_precision, **common)
+        rv, rv_acc, _, _ = _run(model, guide, x, extra, frozen=steps, max_plate_nesting=max_plate_nesting,
+                                exact=exact, desc="BDMC reverse", gradient_precision=used, **common)
+    forward = _result(fw, fw_acc, steps, num_steps, num_chains, num_leapfrog, schedule, init, gradient_precision=used)
+    reverse = _result(rv, rv_acc, steps, num_steps, num_chains, num_leapfrog, schedule, init, reverse=True,
+                      gradient_precision=used)
     gap = reverse.per_datapoint - forward.per_datapoint
     return BDMCResult(x, forward.per_datapoint, reverse.per_datapoint, gap, float(gap.mean()), forward, reverse)
 
