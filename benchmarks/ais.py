@@ -19,17 +19,27 @@ reference makes L + 1 decoder forward+backward passes (the gradient at the start
 trajectory and after each position update); the log-densities for the weight update and the
 Metropolis test are reused from those passes, never recomputed.
 
+The library runs twice: with its default ``gradient_precision="auto"`` (on a CPU with AMX or a
+CUDA GPU of compute capability ≥ 8: the leapfrog's gradients under bfloat16 autocast, the weights
+and the Metropolis test in full precision) and with ``gradient_precision="full"`` (everything in
+float32, like the reference). Where auto resolves to full, the two rows are the same setting and
+only one is timed.
+
 Measured, in one process (``benchmarks/_timing.py``: interleaved repeats, the median ratio):
 
-* time of the library's ``ais`` / time of the reference (target ≤ 0.5: the library ≥ 2× faster);
+* time of each library call / time of the reference (target: the library ≥ 2× faster);
 * agreement: mean over digits of log p̂_lib − log p̂_ref and its paired standard error
   (Monte Carlo noise only; target |mean| < 3 SE);
-* throughput: the decoder matmul FLOPs of the library's call (counted from the algorithm: per
-  gradient evaluation a forward and an input-gradient pass, 4 · rows · Σ in·out, L per
-  temperature; ``torch.utils.flop_counter`` cannot count inside ``torch.autograd.grad``) per
-  second of the timed call, against the machine's sgemm throughput (a 4096×784×400
-  ``torch.mm``, best of several, timed in the same run); target within 2×;
-* extrapolation: the library's seconds per (temperature × chain × digit) times the default
+* throughput against the physical limit: the decoder's matmul FLOPs of each call, counted from
+  the algorithm (``torch.utils.flop_counter`` cannot count inside ``torch.autograd.grad``): a
+  forward pass is 2 · rows · Σ in·out, a gradient evaluation a forward and an input-gradient pass
+  (twice that), rows = chains × digits. Per temperature the reference makes L + 1 gradient
+  evaluations in float32; the library in full precision L (it carries both gradient terms of
+  log f_β from the accepted state); the library with bfloat16 gradients L in bfloat16 plus one
+  float32 forward (the exact densities at the proposal). The limit is the time those FLOPs take
+  at the machine's measured matmul throughput in each precision (a 4096×784×400 ``torch.mm`` in
+  float32 and in bfloat16, best of several, timed in the same run); target: within 2× of it;
+* extrapolation: each library call's seconds per (temperature × chain × digit) times the default
   schedule (1000 temperatures, 16 chains, 5 leapfrog steps) on the 500 test digits.
 
 The default invocation is small (20 digits, 100 temperatures, 16 chains, 5 leapfrog steps, 3
@@ -187,10 +197,10 @@ def default_vae(seed: int = 0):
                   prior=pv.priors.StandardNormalPrior(50)).eval()
 
 
-def sgemm_gflops(repeats: int = 7) -> dict[str, Any]:
-    """Best-of-``repeats`` GFLOP/s of a large single-precision ``torch.mm`` (4096×784 @ 784×400)."""
+def gemm_gflops(dtype: torch.dtype = torch.float32, repeats: int = 7) -> dict[str, Any]:
+    """Best-of-``repeats`` GFLOP/s of a large ``torch.mm`` (4096×784 @ 784×400) in ``dtype``."""
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(4096, 784, generator=g), torch.randn(784, 400, generator=g)
+    a, b = torch.randn(4096, 784, generator=g).to(dtype), torch.randn(784, 400, generator=g).to(dtype)
     torch.mm(a, b), torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -199,7 +209,27 @@ def sgemm_gflops(repeats: int = 7) -> dict[str, Any]:
             torch.mm(a, b)
         best = min(best, (time.perf_counter() - t0) / 5)
     flops = 2.0 * 4096 * 784 * 400
-    return {"shape": "4096x784 @ 784x400", "seconds": best, "gflops": flops / best / 1e9}
+    return {"shape": "4096x784 @ 784x400", "dtype": str(dtype).replace("torch.", ""), "seconds": best,
+            "gflops": flops / best / 1e9}
+
+
+def sgemm_gflops(repeats: int = 7) -> dict[str, Any]:
+    """The float32 ``gemm_gflops`` (the machine's single-precision matmul throughput)."""
+    return gemm_gflops(torch.float32, repeats)
+
+
+def matmul_flops(vae: Any, rows: int, num_steps: int, num_leapfrog: int, kind: str) -> dict[str, float]:
+    """Decoder matmul FLOPs of one AIS call by precision (see the module docstring); ``kind``:
+    ``"hand"``, ``"full"`` or ``"bfloat16"``."""
+    forward = 2.0 * rows * sum(m.in_features * m.out_features for m in vae.decoder.modules()
+                               if isinstance(m, torch.nn.Linear))
+    transitions = num_steps - 2
+    if kind == "hand":
+        return {"float32": 2 * forward * (transitions * (num_leapfrog + 1) + 1), "bfloat16": 0.0}
+    if kind == "full":
+        return {"float32": 2 * forward * (transitions * num_leapfrog + 1), "bfloat16": 0.0}
+    # the start: an exact forward and a bfloat16 gradient; per transition L bfloat16 gradients and one exact forward
+    return {"float32": forward * (transitions + 1), "bfloat16": 2 * forward * (transitions * num_leapfrog + 1)}
 
 
 def measure(vae: Any, x: torch.Tensor, *, num_steps: int, num_chains: int, num_leapfrog: int, repeats: int,
@@ -219,60 +249,72 @@ def measure(vae: Any, x: torch.Tensor, *, num_steps: int, num_chains: int, num_l
     first = ais(vae.model, vae.guide, x, num_steps=num_steps, num_chains=num_chains, num_leapfrog=num_leapfrog,
                 seed=seed)
     with_pilot = time.perf_counter() - t0
+    auto = first.gradient_precision  # what "auto" chose on this machine
     frozen = first.step_size.detach().clone()
     ref = HandAIS(vae)
     common = {"num_steps": num_steps, "num_chains": num_chains, "num_leapfrog": num_leapfrog, "step_size": frozen}
+    variants = {"library": "auto"} if auto == "full" else {"library": "auto", "library_full": "full"}
+    results: dict[str, list] = {"hand": [], **{k: [] for k in variants}}
 
-    results: dict[str, list] = {"library": [], "hand": []}
-
-    def lib_call():
-        results["library"].append(ais(vae.model, vae.guide, x, seed=seed + len(results["library"]) + 1, **common))
+    def lib_call(name: str, precision: str):
+        def call():
+            r = ais(vae.model, vae.guide, x, seed=seed + len(results[name]) + 1, gradient_precision=precision,
+                    **common)
+            results[name].append(r)
+        return call
 
     def hand_call():
         torch.manual_seed(seed + 1000 + len(results["hand"]))
         results["hand"].append(ref.run(x, betas, frozen, num_chains, num_leapfrog))
 
-    log(f"timing: library vs hand-written, interleaved, {repeats} repeats")
-    timing = interleaved({"hand": hand_call, "library": lib_call}, baseline="hand", repeats=repeats,
-                         min_block_seconds=0.0, warmup=1)
-    # agreement: every scored run of each contender, averaged per digit, then paired over digits
-    lib_est = torch.stack([r.per_datapoint.double() for r in results["library"]]).mean(0)
+    log(f"timing: library ({', '.join(variants.values())}) vs hand-written, interleaved, {repeats} repeats")
+    fns = {"hand": hand_call, **{k: lib_call(k, v) for k, v in variants.items()}}
+    timing = interleaved(fns, baseline="hand", repeats=repeats, min_block_seconds=0.0, warmup=1)
+    peaks = {"float32": gemm_gflops(torch.float32), "bfloat16": gemm_gflops(torch.bfloat16)}
     hand_est = torch.stack([r["per_datapoint"].double() for r in results["hand"]]).mean(0)
-    d = lib_est - hand_est
-    diff, diff_se = float(d.mean()), float(d.std() / math.sqrt(n)) if n > 1 else math.nan
-    # decoder matmul FLOPs, counted from the algorithm: one gradient evaluation = a forward pass and the
-    # input-gradient pass of the decoder, 4 · rows · Σ in·out; the library evaluates the gradient L times per
-    # transition (it carries the two gradient terms of log f_β from the accepted state), the reference L + 1
-    per_eval = 4.0 * num_chains * n * sum(m.in_features * m.out_features for m in vae.decoder.modules()
-                                          if isinstance(m, torch.nn.Linear))
-    lib_flops = per_eval * ((num_steps - 2) * num_leapfrog + 1)
-    hand_flops = per_eval * ((num_steps - 2) * (num_leapfrog + 1) + 1)
-    mm = sgemm_gflops()
-    lib_s, hand_s = timing.seconds["library"], timing.seconds["hand"]
-    lib_gflops = lib_flops / lib_s / 1e9
-    per_unit = lib_s / (num_steps * num_chains * n)
+    rows = num_chains * n
     ds = DEFAULT_SCHEDULE
-    extrapolated = per_unit * ds["num_steps"] * ds["num_chains"] * ds["num_data"] * (ds["num_leapfrog"] + 1) / (
-        num_leapfrog + 1)
-    lib_acc = torch.stack([r.accept_rate.double() for r in results["library"]]).mean()
-    hand_acc = torch.stack([r["accept_rate"].double() for r in results["hand"]]).mean()
+
+    def row(name: str, kind: str, seconds: float, est: torch.Tensor, accept: float) -> dict[str, Any]:
+        flops = matmul_flops(vae, rows, num_steps, num_leapfrog, kind)
+        limit = sum(flops[p] / (peaks[p]["gflops"] * 1e9) for p in flops)  # seconds at the measured peaks
+        per_unit = seconds / (num_steps * num_chains * n)
+        out = {
+            "name": name, "gradient_precision": kind if kind != "hand" else "full", "seconds": seconds,
+            "mean": float(est.mean()), "accept_rate": accept,
+            "flops_float32": flops["float32"], "flops_bfloat16": flops["bfloat16"],
+            "gflops": (flops["float32"] + flops["bfloat16"]) / seconds / 1e9,
+            "limit_seconds": limit, "limit_ratio": seconds / limit,
+            "flops_met": seconds <= FLOPS_TARGET * limit,
+            "seconds_per_temperature_chain_digit": per_unit,
+            "extrapolated_default_seconds": per_unit * ds["num_steps"] * ds["num_chains"] * ds["num_data"]
+            * (ds["num_leapfrog"] + 1) / (num_leapfrog + 1),
+        }
+        if name != "hand":
+            d = est - hand_est
+            se = float(d.std() / math.sqrt(n)) if n > 1 else math.nan
+            ratio = timing.ratio[name]
+            out.update({
+                "speedup": 1.0 / ratio, "speedup_lo": 1.0 / timing.ratio_hi[name],
+                "speedup_hi": 1.0 / timing.ratio_lo[name], "speed_met": 1.0 / ratio >= SPEED_TARGET,
+                "mean_difference": float(d.mean()), "mean_difference_se": se,
+                "agree": bool(abs(float(d.mean())) < 3 * se) if math.isfinite(se) else None,
+            })
+        return out
+
+    hand_acc = float(torch.stack([r["accept_rate"].double() for r in results["hand"]]).mean())
+    table = [row("hand", "hand", timing.seconds["hand"], hand_est, hand_acc)]
+    for name, precision in variants.items():
+        used = results[name][0].gradient_precision
+        est = torch.stack([r.per_datapoint.double() for r in results[name]]).mean(0)
+        acc = float(torch.stack([r.accept_rate.double() for r in results[name]]).mean())
+        table.append(row(name, used, timing.seconds[name], est, acc))
     return {
         "num_data": n, "num_steps": num_steps, "num_chains": num_chains, "num_leapfrog": num_leapfrog,
-        "repeats": repeats, "schedule": "sigmoid",
+        "repeats": repeats, "schedule": "sigmoid", "auto_precision": auto,
         "step_size_median": float(frozen.double().median()), "step_size_shape": list(frozen.shape),
-        "library_seconds": lib_s, "hand_seconds": hand_s, "library_seconds_with_pilot": with_pilot,
-        "time_ratio": timing.ratio["library"], "time_ratio_lo": timing.ratio_lo["library"],
-        "time_ratio_hi": timing.ratio_hi["library"], "speedup": 1.0 / timing.ratio["library"],
-        "speed_target": f"library ≥ {SPEED_TARGET:g}× faster", "speed_met": 1.0 / timing.ratio["library"] >= SPEED_TARGET,
-        "library_mean": float(lib_est.mean()), "hand_mean": float(hand_est.mean()),
-        "mean_difference": diff, "mean_difference_se": diff_se,
-        "agree": bool(abs(diff) < 3 * diff_se) if math.isfinite(diff_se) else None,
-        "library_accept_rate": float(lib_acc), "hand_accept_rate": float(hand_acc),
-        "library_matmul_flops": lib_flops, "hand_matmul_flops": hand_flops,
-        "library_gflops": lib_gflops, "sgemm": mm, "flops_fraction": lib_gflops / mm["gflops"],
-        "flops_target": f"within {FLOPS_TARGET:g}× of sgemm", "flops_met": lib_gflops * FLOPS_TARGET >= mm["gflops"],
-        "seconds_per_temperature_chain_digit": per_unit,
-        "extrapolated_default_seconds": extrapolated,
+        "library_seconds_with_pilot": with_pilot, "peaks": peaks, "rows": table,
+        "speed_target": f"library ≥ {SPEED_TARGET:g}× faster", "flops_target": f"within {FLOPS_TARGET:g}× of the limit",
         "extrapolated_default": f"{ds['num_steps']} temperatures × {ds['num_chains']} chains × {ds['num_leapfrog']} "
                                 f"leapfrog steps on {ds['num_data']} digits (linear in each)",
     }
@@ -282,6 +324,12 @@ def render(res: dict[str, Any], meta: dict[str, Any]) -> str:
     """``docs/ais_benchmark.md``."""
     r = res
     yes = lambda b: "**yes**" if b else ("no" if b is not None else "–")  # noqa: E731
+    label = {"hand": "hand-written (float32)", "library": f"library, default (`auto` → {r['auto_precision']})",
+             "library_full": "library, `gradient_precision=\"full\"`"}
+    rows = r["rows"]
+    lib = [x for x in rows if x["name"] != "hand"]
+    cols = " | ".join(label[x["name"]] for x in rows)
+    pk = r["peaks"]
     lines = [
         "# AIS benchmark: `pyro_vae.evaluation.ais` vs a hand-written vectorized AIS",
         "",
@@ -290,34 +338,45 @@ def render(res: dict[str, Any], meta: dict[str, Any]) -> str:
         "scores them).",
         f"Schedule: sigmoid, {r['num_steps']} temperatures, {r['num_chains']} chains, one HMC step of "
         f"{r['num_leapfrog']} leapfrog steps per temperature, step sizes tuned by the library's pilot run and frozen "
-        f"(median {r['step_size_median']:.3g}; both contenders use the same ones). How the reference is written: "
+        f"(median {r['step_size_median']:.3g}; every contender uses the same ones). How the reference is written: "
         "`benchmarks/ais.py` (module docstring).",
         "",
-        "| measurement | library | hand-written | target | met |",
-        "|---|---:|---:|---|---|",
-        f"| seconds per call (median of {r['repeats']}, interleaved) | {r['library_seconds']:.2f} | "
-        f"{r['hand_seconds']:.2f} | | |",
-        f"| speed-up (hand / library, median per-repeat ratio; range) | {r['speedup']:.2f}× "
-        f"({1 / r['time_ratio_hi']:.2f}–{1 / r['time_ratio_lo']:.2f}) | 1 | {r['speed_target']} | {yes(r['speed_met'])} |",
-        f"| mean log p̂(x) over the digits (nats) | {r['library_mean']:.3f} | {r['hand_mean']:.3f} | | |",
-        f"| library − hand, paired over digits (nats) | {r['mean_difference']:+.3f} ± {r['mean_difference_se']:.3f} | "
-        f"| within 3 SE (Monte Carlo error) | {yes(r['agree'])} |",
-        f"| HMC acceptance rate | {r['library_accept_rate']:.3f} | {r['hand_accept_rate']:.3f} | | |",
-        f"| decoder matmul GFLOP per call | {r['library_matmul_flops'] / 1e9:.1f} | {r['hand_matmul_flops'] / 1e9:.1f} | | |",
-        f"| matmul GFLOP/s | {r['library_gflops']:.1f} | {r['hand_matmul_flops'] / r['hand_seconds'] / 1e9:.1f} | "
-        f"sgemm {r['sgemm']['gflops']:.1f} ({r['sgemm']['shape']}); {r['flops_target']} | {yes(r['flops_met'])} |",
-        f"| library incl. its pilot run (first call, s) | {r['library_seconds_with_pilot']:.2f} | | | |",
+        f"| measurement | {cols} | target |",
+        "|---|" + "---:|" * len(rows) + "---|",
+        f"| leapfrog gradients | " + " | ".join(x["gradient_precision"] for x in rows) + " | |",
+        f"| seconds per call (median of {r['repeats']}, interleaved) | "
+        + " | ".join(f"{x['seconds']:.2f}" for x in rows) + " | |",
+        "| speed-up over the hand-written AIS (median per-repeat ratio; range) | 1 | "
+        + " | ".join(f"**{x['speedup']:.2f}×** ({x['speedup_lo']:.2f}–{x['speedup_hi']:.2f})" for x in lib)
+        + f" | {r['speed_target']} |",
+        "| speed target met | – | " + " | ".join(yes(x["speed_met"]) for x in lib) + " | |",
+        "| mean log p̂(x) over the digits (nats) | " + " | ".join(f"{x['mean']:.3f}" for x in rows) + " | |",
+        "| minus the hand-written, paired over digits (nats) | – | "
+        + " | ".join(f"{x['mean_difference']:+.3f} ± {x['mean_difference_se']:.3f} ({'agree' if x['agree'] else 'DIFFER'})"
+                     for x in lib) + " | within 3 SE (Monte Carlo error) |",
+        "| HMC acceptance rate | " + " | ".join(f"{x['accept_rate']:.3f}" for x in rows) + " | |",
+        "| decoder matmul GFLOP per call, float32 + bfloat16 | "
+        + " | ".join(f"{x['flops_float32'] / 1e9:.1f} + {x['flops_bfloat16'] / 1e9:.1f}" for x in rows) + " | |",
+        "| time those FLOPs take at the measured matmul peaks (s) | "
+        + " | ".join(f"{x['limit_seconds']:.2f}" for x in rows) + " | |",
+        "| seconds per call ÷ that limit | " + " | ".join(f"{x['limit_ratio']:.2f}×" for x in rows)
+        + f" | {r['flops_target']} |",
+        "| throughput target met | " + " | ".join(yes(x["flops_met"]) for x in rows) + " | |",
+        "| extrapolated default schedule on 500 digits | "
+        + " | ".join(f"{x['extrapolated_default_seconds'] / 60:.1f} min" for x in rows) + " | |",
         "",
-        f"Extrapolated wall time of the default schedule ({r['extrapolated_default']}): "
-        f"**{r['extrapolated_default_seconds']:.0f} s ≈ {r['extrapolated_default_seconds'] / 60:.1f} min** on this "
-        f"machine with {meta['threads']} thread(s) (from {1e6 * r['seconds_per_temperature_chain_digit']:.2f} µs per "
-        "temperature × chain × digit, scaled by (L + 1) gradient passes; excludes the pilot run).",
+        f"Matmul peaks measured in the same process ({pk['float32']['shape']}): float32 "
+        f"{pk['float32']['gflops']:.1f} GFLOP/s, bfloat16 {pk['bfloat16']['gflops']:.1f} GFLOP/s. The library's first "
+        f"call, with its pilot run, took {r['library_seconds_with_pilot']:.2f} s.",
         "",
-        "FLOPs are the decoder's matmul FLOPs counted from the algorithm: per gradient evaluation a forward and an "
-        "input-gradient pass, 4 · rows · Σ in·out with rows = chains × digits; the library evaluates the gradient L "
-        "times per temperature (it carries both gradient terms of log f_β from the accepted state), the reference "
-        "L + 1 times. GFLOP/s divides them by the timed seconds; the sgemm row is the machine's measured matmul "
-        "throughput in the same process.",
+        "FLOPs are counted from the algorithm: a decoder forward pass is 2 · rows · Σ in·out (rows = chains × "
+        "digits), a gradient evaluation a forward and an input-gradient pass. Per temperature the reference makes "
+        "L + 1 gradient evaluations in float32, the library in full precision L (it carries both gradient terms of "
+        "log f_β from the accepted state), the library with bfloat16 gradients L in bfloat16 and one float32 forward "
+        "(the exact densities of the proposal for the Metropolis test and the weights). The limit divides each "
+        "precision's FLOPs by that precision's measured matmul throughput. Extrapolations scale the seconds per "
+        f"temperature × chain × digit to {r['extrapolated_default']}, by (L + 1) gradient passes; they exclude the "
+        "pilot run.",
         "",
     ]
     if meta.get("note"):

@@ -7,7 +7,9 @@ Speed lives here and in the components that call it, never in a second copy of a
 * :func:`bernoulli_log_prob` — Σ_d x_d·l_d − softplus(l_d) as one fused autograd node, used by
   :class:`pyro_vae.distributions.BernoulliLogits` (so by every
   :class:`~pyro_vae.decoders.BernoulliDecoder`), with an optional ``torch.compile`` variant for
-  long no-gradient evaluations.
+  long no-gradient evaluations, and a gradient-only variant (:class:`gradient_only`) for callers
+  that need ∇ log p but not log p (AIS's inner leapfrog steps). Under ``torch.autocast``,
+  :func:`linear` defers to ``F.linear`` so the matmul runs in the autocast dtype.
 
 Which matmul is faster depends on the processor (oneDNN ran about 2x torch's default MKL matmul
 on one AMD Zen 5 core, 1.2-1.3x on another AMD EPYC with AVX-512). So the choice is **measured**:

@@ -193,6 +193,124 @@ def test_bdmc_refuses_a_run_another_process_writes_into(trained_run, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# the leapfrog's gradient precision: evaluate --ais-precision, bdmc --gradient-precision
+# ---------------------------------------------------------------------------------------------
+QUICK_AIS = ["--method", "ais", "--ais-steps", "8", "--ais-chains", "2", "--ais-leapfrog", "2", "--ais-subset", "2",
+             "--samples", "4", "--no-progress"]
+BF16_WORDS = "leapfrog gradients in bfloat16 (densities, weights and Metropolis test in full precision)"
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A private copy of the trained run (these tests write into it; the module's run stays as it was)."""
+    import shutil
+
+    return shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock*", "*.lock"))
+
+
+def test_precision_choices_are_the_librarys():
+    from pyro_vae.cli.ais import PRECISION_CHOICES
+    from pyro_vae.evaluation.annealing import PRECISIONS
+
+    assert PRECISION_CHOICES == PRECISIONS
+
+
+def test_evaluate_ais_precision_is_recorded_and_reported(run_copy, capsys):
+    from pyro_vae.cli.ais import AIS_SECTION, ais_section
+
+    run = run_copy
+    for precision, words in (("full", "full-precision gradients"), ("bfloat16", BF16_WORDS)):
+        assert main(["evaluate", str(run), *QUICK_AIS, "--ais-precision", precision]) == 0, precision
+        block = json.loads((run / "evaluation.json").read_text())["ais"]
+        assert block["summary"]["gradient_precision"] == precision
+        assert all(math.isfinite(r["ais"]) for r in block["per_datapoint"])
+        report = (run / "report.md").read_text()
+        assert report.count(AIS_SECTION) == 1 and words in report, report
+        other = BF16_WORDS if precision == "full" else "full-precision gradients"
+        assert other not in report
+    capsys.readouterr()
+    # a summary written before the precision was recorded still renders (as full precision)
+    del block["summary"]["gradient_precision"]
+    assert "full-precision gradients" in ais_section(block)
+    # the sentence `pyro-vae train` rewrites for its certificate is still there
+    assert "Written by `pyro-vae evaluate --method ais`." in ais_section(block)
+
+
+@pytest.mark.parametrize("argv, where, expected", [
+    (["evaluate", "{run}", *QUICK_AIS], "pyro_vae.evaluation.annealing.ais", "auto"),
+    (["evaluate", "{run}", *QUICK_AIS, "--ais-precision", "bfloat16"], "pyro_vae.evaluation.annealing.ais", "bfloat16"),
+    (["bdmc", "{run}", "--steps", "5", "--num-data", "1", "--out", "{out}", "--no-progress"],
+     "pyro_vae.evaluation.bidirectional.bdmc", "auto"),
+    (["bdmc", "{run}", "--steps", "5", "--num-data", "1", "--out", "{out}", "--gradient-precision", "full",
+      "--no-progress"], "pyro_vae.evaluation.bidirectional.bdmc", "full"),
+])
+def test_the_precision_flag_reaches_the_library(run_copy, tmp_path, monkeypatch, argv, where, expected):
+    """The default is "auto" (the library's), and the flag's value is what the library is called with."""
+    class Called(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        raise Called(kwargs.get("gradient_precision"))
+
+    monkeypatch.setattr(where, spy)
+    argv = [a.format(run=run_copy, out=tmp_path / "bdmc") for a in argv]
+    with pytest.raises(Called) as e:
+        main(argv)
+    assert e.value.args == (expected,)
+
+
+def test_precision_flags_are_refused_before_writing(run_copy, tmp_path, capsys):
+    run = run_copy
+    ev, report = run / "evaluation.json", run / "report.md"
+    before = (ev.read_bytes() if ev.exists() else None, report.read_bytes())
+    # --ais-precision without --method ais: the message of the other --ais-* flags
+    assert main(["evaluate", str(run), "--ais-precision", "full", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--ais-precision applies to AIS only; add --method ais" in err and len(err.strip().splitlines()) == 1
+    # a value outside the choices: argparse refuses it (exit code 2) and names the choices
+    out = tmp_path / "never"
+    for argv in (["evaluate", str(run), *QUICK_AIS, "--ais-precision", "half"],
+                 ["bdmc", str(run), "--gradient-precision", "fp16", "--out", str(out), "--no-progress"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "invalid choice" in err and "'auto', 'full', 'bfloat16'" in err, err
+    assert (ev.read_bytes() if ev.exists() else None, report.read_bytes()) == before
+    assert not out.exists()
+
+
+def test_a_bfloat16_failure_names_the_commands_flag(run_copy, tmp_path, monkeypatch, capsys):
+    """The library's refusal of bfloat16 gradients (fix: gradient_precision='full') is a one-line error, exit
+    code 2, whose fix is the command's flag."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the program failed under bfloat16 autocast (TypeError: x); use gradient_precision='full'")
+
+    monkeypatch.setattr("pyro_vae.evaluation.annealing.ais", refuse)
+    monkeypatch.setattr("pyro_vae.evaluation.bidirectional.bdmc", refuse)
+    for argv, fix in ((["evaluate", str(run_copy), *QUICK_AIS, "--ais-precision", "bfloat16"], "--ais-precision full"),
+                      (["bdmc", str(run_copy), "--steps", "5", "--gradient-precision", "bfloat16",
+                        "--out", str(tmp_path / "b"), "--no-progress"], "--gradient-precision full")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "bfloat16 autocast" in err and f"use {fix}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bdmc_records_the_gradient_precision(run_copy, tmp_path, capsys):
+    out = tmp_path / "bdmc"
+    assert main(["bdmc", str(run_copy), "--steps", "6", "--chains", "2", "--leapfrog", "2", "--num-data", "2",
+                 "--test-digits", "2", "--samples", "25", "--gradient-precision", "full", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "full gradients" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    assert s["gradient_precision"] == "full" and s["gradient_precision_requested"] == "full"
+    assert [r["gradient_precision"] for r in s["sandwich"]] == ["full"]
+    assert s["test"]["gradient_precision"] == "full"
+    report = (out / "report.md").read_text()
+    assert "full-precision gradients" in report and "bfloat16" not in report
+
+
+# ---------------------------------------------------------------------------------------------
 # compare_objectives(rank_by="ais") and compare_models(rank_by="ais")
 # ---------------------------------------------------------------------------------------------
 TINY = {"hidden": [16], "latent_dim": 3, "epochs": 1}

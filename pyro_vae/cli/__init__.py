@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leapfrog steps per HMC transition (default: 5)")
     e.add_argument("--ais-subset", type=int, default=None, metavar="N",
                    help="test digits scored by AIS (default: 50; AIS costs ~1000 decoder passes per digit and chain)")
+    from .ais import PRECISION_CHOICES
+
+    e.add_argument("--ais-precision", choices=PRECISION_CHOICES, default=None,
+                   help="the leapfrog's gradients: full, bfloat16 (densities, weights and Metropolis test stay in full "
+                        "precision) or auto (bfloat16 where the hardware multiplies bfloat16 fast and the gradients "
+                        "agree within 5%%; default: auto)")
     e.add_argument("--seed", type=int, default=None, help="seed of the AIS draws (default: the run's seed)")
     e.add_argument("--no-progress", action="store_true")
 
@@ -183,7 +189,7 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
 
 
 #: defaults of ``evaluate --method ais`` (flag -> value)
-AIS_DEFAULTS = {"ais_steps": 1000, "ais_chains": 16, "ais_leapfrog": 5, "ais_subset": 50}
+AIS_DEFAULTS = {"ais_steps": 1000, "ais_chains": 16, "ais_leapfrog": 5, "ais_subset": 50, "ais_precision": "auto"}
 
 
 def _check_ais_flags(ns: argparse.Namespace) -> None:
@@ -233,7 +239,8 @@ def _evaluate(ns: argparse.Namespace) -> int:
         block = ais_against_is(vae, test[: ns.ais_subset], num_samples=max(k, 100), num_steps=ns.ais_steps,
                                num_chains=ns.ais_chains, num_leapfrog=ns.ais_leapfrog,
                                memory_budget=config.eval_memory_mb * 2**20,
-                               seed=ns.seed if ns.seed is not None else config.seed, progress=not ns.no_progress)
+                               seed=ns.seed if ns.seed is not None else config.seed, progress=not ns.no_progress,
+                               gradient_precision=ns.ais_precision)
         result["ais"] = block
         gap_vs_khat_plot(block["per_datapoint"], Path(ns.run_dir) / "ais_vs_is.png")
         report = Path(ns.run_dir) / "report.md"

@@ -16,6 +16,11 @@ this model: on data from the model, the true log p(x) lies between the bounds (i
 so a gap of g nats says AIS with that schedule is at most about g nats low on such data
 (Grosse, Ghahramani, Adams 2015; Wu, Burda, Salakhutdinov, Grosse 2017).
 
+Both take the leapfrog's gradient precision (``evaluate --ais-precision``, ``bdmc
+--gradient-precision``: ``auto``, ``full`` or ``bfloat16``; the library's ``gradient_precision``)
+and record the one used; the densities of the weights and of the Metropolis test are always in
+full precision, so the estimates stay unbiased either way.
+
 Wiring: ``add_parser(subparsers)`` adds ``bdmc``; ``run(ns) -> int`` executes it. Every argument
 is checked before anything is loaded or written (:class:`~pyro_vae.config.ConfigError`, exit
 code 2), and the run directory's lock is held while writing into it.
@@ -31,6 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import ConfigError
+
+#: values of ``evaluate --ais-precision`` and ``bdmc --gradient-precision`` (the library's ``PRECISIONS``)
+PRECISION_CHOICES = ("auto", "full", "bfloat16")
 
 OUT_DIR = "bdmc"
 REPORT = "report.md"
@@ -69,22 +77,47 @@ def check_ais_options(steps: int, chains: int, leapfrog: int, prefix: str = "--a
         raise ConfigError(f"{prefix}leapfrog must be >= 1 (leapfrog steps per HMC transition), got {leapfrog}")
 
 
-def _library_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _library_call(fn: Callable[..., Any], *args: Any, precision_flag: str = "--ais-precision", **kwargs: Any) -> Any:
     """Call the library's ais / bdmc; its refusals of this run's model (ValueError, TypeError,
-    NotImplementedError: a discrete latent, no data plate, a model it cannot simulate from) become
-    one-line errors with exit code 2."""
+    NotImplementedError: a discrete latent, no data plate, a model it cannot simulate from; and
+    the RuntimeError of a program that fails under the bfloat16 gradients asked for) become
+    one-line errors with exit code 2, naming the command's flag (``precision_flag``) instead of
+    the library's ``gradient_precision`` argument."""
+    name = getattr(fn, "__name__", "ais")
     try:
         return fn(*args, **kwargs)
     except (ValueError, TypeError, NotImplementedError) as e:
-        raise ConfigError(f"{getattr(fn, '__name__', 'ais')} refused this run's model: {e}") from e
+        raise ConfigError(f"{name} refused this run's model: {_flag_hint(e, precision_flag)}") from e
+    except RuntimeError as e:
+        if "bfloat16" not in str(e):
+            raise
+        raise ConfigError(f"{name} refused this run's model: {_flag_hint(e, precision_flag)}") from e
+
+
+def _flag_hint(e: BaseException, flag: str) -> str:
+    """The library's message with its ``gradient_precision='full'`` fix spelled as the command's flag."""
+    return str(e).replace("gradient_precision='full'", f"{flag} full").replace(
+        "gradient_precision='bfloat16'", f"{flag} bfloat16")
+
+
+def precision_phrase(precision: str) -> str:
+    """How a report says which gradients the leapfrog used (``"full"`` or ``"bfloat16"``)."""
+    if precision == "bfloat16":
+        return "leapfrog gradients in bfloat16 (densities, weights and Metropolis test in full precision)"
+    return "full-precision gradients"
 
 
 # ---------------------------------------------------------------------------------------------
 # evaluate --method ais
 # ---------------------------------------------------------------------------------------------
 def ais_against_is(vae: Any, x: Any, *, num_samples: int, num_steps: int, num_chains: int, num_leapfrog: int,
-                   memory_budget: float, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                   memory_budget: float, seed: int = 0, progress: bool = False, gradient_precision: str = "auto",
+                   precision_flag: str = "--ais-precision") -> dict[str, Any]:
     """AIS and IS on the same digits ``x``: per-digit estimates, their difference and diagnostics.
+
+    ``gradient_precision`` (``"auto"``, ``"full"`` or ``"bfloat16"``) is passed to
+    :func:`~pyro_vae.evaluation.ais`; the summary records the one used. ``precision_flag`` names
+    the command's flag in an error about it.
 
     Returns a JSON-ready dict: ``summary`` (means, paired standard error of AIS − IS, k̂ shares,
     settings, seconds) and ``per_datapoint`` (one dict per digit)."""
@@ -103,7 +136,8 @@ def ais_against_is(vae: Any, x: Any, *, num_samples: int, num_steps: int, num_ch
     t_is = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = _library_call(ais, vae.model, vae.guide, x, num_steps=num_steps, num_chains=num_chains,
-                        num_leapfrog=num_leapfrog, memory_budget=memory_budget, progress=progress, seed=seed)
+                        num_leapfrog=num_leapfrog, memory_budget=memory_budget, progress=progress, seed=seed,
+                        gradient_precision=gradient_precision, precision_flag=precision_flag)
     t_ais = time.perf_counter() - t0
     a = res.per_datapoint.double().cpu()
     i = imp.log_likelihood.double().cpu()
@@ -125,6 +159,7 @@ def ais_against_is(vae: Any, x: Any, *, num_samples: int, num_steps: int, num_ch
     summary = {
         "num_data": n, "num_samples": num_samples, "num_steps": res.num_steps, "num_chains": res.num_chains,
         "num_leapfrog": res.num_leapfrog, "schedule": res.schedule, "init": res.init, "seed": seed,
+        "gradient_precision": res.gradient_precision,
         "ais_mean": float(a.mean()), "ais_se": float(a.std() / math.sqrt(n)) if n > 1 else math.nan,
         "is_mean": float(i.mean()), "is_se": float(i.std() / math.sqrt(n)) if n > 1 else math.nan,
         "ais_minus_is": float(gap.mean()), "ais_minus_is_se": gap_se, "ais_minus_is_max": float(gap.max()),
@@ -145,7 +180,8 @@ def ais_section(block: dict[str, Any], max_rows: int = 20) -> str:
         "",
         f"The first {s['num_data']} test digits, scored by AIS (encoder-started, {s['schedule']} schedule, "
         f"{s['num_steps']} temperatures, {s['num_chains']} chains, one HMC step of {s['num_leapfrog']} leapfrog steps per "
-        f"temperature, step sizes tuned in a pilot run and frozen; {s['ais_seconds']:.1f} s) and by importance sampling "
+        f"temperature, step sizes tuned in a pilot run and frozen, {precision_phrase(s.get('gradient_precision', 'full'))}; "
+        f"{s['ais_seconds']:.1f} s) and by importance sampling "
         f"from the encoder (K = {s['num_samples']}, {s['is_seconds']:.1f} s). Both are stochastic lower bounds on log p(x); "
         "AIS's bias does not depend on the encoder being a good proposal. Written by `pyro-vae evaluate --method ais`.",
         "",
@@ -231,6 +267,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=5000,
                    help="importance samples per test digit for IS and its k̂ (default: 5000)")
     p.add_argument("--seed", type=int, default=0, help="seeds every draw (default: 0)")
+    p.add_argument("--gradient-precision", choices=PRECISION_CHOICES, default="auto",
+                   help="the leapfrog's gradients: full, bfloat16 (densities, weights and Metropolis test stay in "
+                        "full precision) or auto (bfloat16 where the hardware multiplies bfloat16 fast and the "
+                        "gradients agree within 5%%; default: auto)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/bdmc)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the run's threads)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -260,7 +300,8 @@ def run(ns: argparse.Namespace) -> int:
     with writing_into(ns.run_dir, out):
         summary = bdmc_run(ns.run_dir, steps=steps, num_chains=ns.chains, num_leapfrog=ns.leapfrog,
                            num_data=ns.num_data, test_digits=ns.test_digits, num_samples=ns.samples, seed=ns.seed,
-                           out=out, threads=ns.threads, progress=not ns.no_progress)
+                           out=out, threads=ns.threads, progress=not ns.no_progress,
+                           gradient_precision=ns.gradient_precision)
     print(format_headline(summary))
     return 0
 
@@ -274,8 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def bdmc_run(run_dir: str | Path, *, steps: Sequence[int], num_chains: int = 16, num_leapfrog: int = 5,
              num_data: int = 10, test_digits: int = 20, num_samples: int = 5000, seed: int = 0,
-             out: str | Path | None = None, threads: int | None = None, progress: bool = False) -> dict[str, Any]:
+             out: str | Path | None = None, threads: int | None = None, progress: bool = False,
+             gradient_precision: str = "auto") -> dict[str, Any]:
     """BDMC at every number of temperatures in ``steps`` and AIS vs IS on test digits; writes the report.
+
+    ``gradient_precision`` (``"auto"``, ``"full"`` or ``"bfloat16"``) goes to every
+    :func:`~pyro_vae.evaluation.bdmc` and :func:`~pyro_vae.evaluation.ais` call; the summary records
+    the precision each used (``gradient_precision``: the one they all used, or ``"mixed"``).
 
     The caller holds the run's lock (``run`` does). Returns the JSON summary it wrote."""
     import torch
@@ -298,7 +344,8 @@ def bdmc_run(run_dir: str | Path, *, steps: Sequence[int], num_chains: int = 16,
     for s in steps:
         t0 = time.perf_counter()
         r = _library_call(bdmc, vae.model, vae.guide, template, num_steps=s, num_chains=num_chains,
-                          num_leapfrog=num_leapfrog, memory_budget=budget, progress=progress, seed=seed)
+                          num_leapfrog=num_leapfrog, memory_budget=budget, progress=progress, seed=seed,
+                          gradient_precision=gradient_precision, precision_flag="--gradient-precision")
         n = int(r.lower.numel())
         sandwich.append({
             "num_steps": s,
@@ -309,6 +356,7 @@ def bdmc_run(run_dir: str | Path, *, steps: Sequence[int], num_chains: int = 16,
             "gap_se": float(r.gap.double().std() / math.sqrt(n)) if n > 1 else math.nan,
             "forward_accept_rate": float(r.forward.accept_rate.double().mean()),
             "reverse_accept_rate": float(r.reverse.accept_rate.double().mean()),
+            "gradient_precision": r.forward.gradient_precision,
             "seconds": round(time.perf_counter() - t0, 2),
         })
     sandwich_plot(sandwich, out / "sandwich.png", num_data=num_data)
@@ -317,12 +365,18 @@ def bdmc_run(run_dir: str | Path, *, steps: Sequence[int], num_chains: int = 16,
     if test_digits > 0:
         test_block = ais_against_is(vae, test[:test_digits], num_samples=num_samples, num_steps=steps[-1],
                                     num_chains=num_chains, num_leapfrog=num_leapfrog, memory_budget=budget, seed=seed,
-                                    progress=progress)
+                                    progress=progress, gradient_precision=gradient_precision,
+                                    precision_flag="--gradient-precision")
         gap_vs_khat_plot(test_block["per_datapoint"], out / "ais_vs_is.png")
         figures.append("ais_vs_is.png")
+    used = {r["gradient_precision"] for r in sandwich}
+    if test_block is not None:
+        used.add(test_block["summary"]["gradient_precision"])
     summary = {
         "run_dir": str(run_dir), "num_data": num_data, "num_chains": num_chains, "num_leapfrog": num_leapfrog,
         "seed": seed, "steps": list(steps), "sandwich": sandwich,
+        "gradient_precision_requested": gradient_precision,
+        "gradient_precision": used.pop() if len(used) == 1 else "mixed",
         "test": test_block["summary"] if test_block is not None else None,
         "test_per_datapoint": test_block["per_datapoint"] if test_block is not None else None,
         "figures": figures, "torch_threads": torch.get_num_threads(),
@@ -360,7 +414,8 @@ def sandwich_plot(rows: Sequence[dict[str, Any]], path: Any, num_data: int | Non
 
 def format_headline(s: dict[str, Any]) -> str:
     """The lines ``pyro-vae bdmc`` prints."""
-    lines = [f"\n== pyro-vae bdmc {s['run_dir']} ({s['num_data']} simulated digits, {s['num_chains']} chains) =="]
+    lines = [f"\n== pyro-vae bdmc {s['run_dir']} ({s['num_data']} simulated digits, {s['num_chains']} chains, "
+             f"{s.get('gradient_precision', 'full')} gradients) =="]
     for r in s["sandwich"]:
         lines.append(f"{r['num_steps']:>6} temperatures: lower {r['lower']:.2f}, upper {r['upper']:.2f}, "
                      f"gap {r['gap']:.3f} ± {r['gap_se']:.3f} nats ({r['seconds']:.1f} s)")
@@ -370,6 +425,21 @@ def format_headline(s: dict[str, Any]) -> str:
                      f"nats; k̂ > 0.7 on {100 * t['khat_bad_share']:.0f}%")
     lines.append(f"report: {s.get('report', '')}")
     return "\n".join(lines)
+
+
+def _bdmc_precision(s: dict[str, Any]) -> str:
+    """The report's words for the gradients the BDMC and AIS runs of summary ``s`` used."""
+    used = s.get("gradient_precision", "full")
+    if used != "mixed":
+        return precision_phrase(used)
+    low = [str(r["num_steps"]) for r in s["sandwich"] if r.get("gradient_precision") == "bfloat16"]
+    t = s.get("test") or {}
+    where = ", ".join(f"{n} temperatures" for n in low)
+    if t.get("gradient_precision") == "bfloat16":
+        where = (where + " and " if where else "") + "the test digits"
+    return (f"leapfrog gradients in bfloat16 for {where or 'some runs'} (where they agreed with the full-precision "
+            "ones within 5%; densities, weights and Metropolis test always in full precision), full-precision "
+            "gradients elsewhere")
 
 
 def render_report(s: dict[str, Any], config: Any, data: Any) -> str:
@@ -382,8 +452,8 @@ def render_report(s: dict[str, Any], config: Any, data: Any) -> str:
         f"{config.prior} prior, latent_dim {config.latent_dim}.",
         f"{s['num_data']} digits simulated from the model (z ~ p(z), x ~ p(x|z)); AIS from the encoder, sigmoid "
         f"schedule, {s['num_chains']} chains, one HMC step of {s['num_leapfrog']} leapfrog steps per temperature with "
-        f"step sizes tuned in a pilot run and frozen; seed {s['seed']}; {s['seconds']:.1f} s with "
-        f"{s['torch_threads']} torch thread(s).",
+        f"step sizes tuned in a pilot run and frozen, {_bdmc_precision(s)}; seed {s['seed']}; {s['seconds']:.1f} s "
+        f"with {s['torch_threads']} torch thread(s).",
         "",
         "## What this certifies",
         "",
@@ -424,7 +494,8 @@ def render_report(s: dict[str, Any], config: Any, data: Any) -> str:
 
 
 __all__ = ["add_parser", "run", "main", "bdmc_run", "ais_against_is", "ais_section", "replace_section",
-           "gap_vs_khat_plot", "sandwich_plot", "parse_steps", "check_ais_options", "format_headline", "render_report"]
+           "gap_vs_khat_plot", "sandwich_plot", "parse_steps", "check_ais_options", "format_headline", "render_report",
+           "precision_phrase", "PRECISION_CHOICES"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,6 +52,19 @@ How it runs:
   here rather than calling :func:`pyro.ops.integrator.velocity_verlet` because that integrator
   takes one scalar step size and one summed potential, while AIS needs a step size per datapoint
   and per-chain energies for a Metropolis test per (chain, datapoint).
+* **Gradients in bfloat16, densities in full precision** (``gradient_precision``). The leapfrog
+  map is reversible and volume-preserving for *any* gradient field that is a fixed function of
+  the position, so the proposal may follow a cheaper approximation of ∇ log f_β while the
+  Metropolis test and the weight updates use the exact log-densities: each transition still
+  leaves f_β invariant and the weights stay unbiased; a worse approximation only lowers the
+  acceptance rate. ``"bfloat16"`` computes the gradient under bfloat16 autocast (the program's
+  matmuls in bfloat16; on CPUs with AMX about 8× float32's matmul throughput) and evaluates the
+  exact densities once per transition, at the proposal, with a float32 forward pass (no backward).
+  ``"auto"`` (default) does so for float32 models on such hardware when, at the chains' starting
+  points, the bfloat16 gradient is within 5% of the exact one; else ``"full"``. Either way the
+  inner leapfrog steps (all but the last) take ∇ log f_β in one backward pass without the
+  densities' values (:class:`pyro_vae._kernels.gradient_only` skips the Bernoulli log-density's
+  softplus over every pixel; its gradient is exact).
 * **Step sizes tuned in a pilot run, then frozen.** A pilot AIS run (``pilot_steps`` temperatures
   of the same schedule, its weights discarded) adapts each datapoint's log step size toward
   ``target_accept`` (Robbins–Monro on the mean Metropolis acceptance probability over chains),
