@@ -144,6 +144,20 @@ def test_bfloat16_ais_reaches_the_closed_form_with_a_poor_guide_in_20_dims():
     assert float(res.accept_rate.mean()) > 0.4
 
 
+def test_bfloat16_from_the_prior():
+    """init='prior' (path p(z) p(x|z)^β): a one-backward inner step of log p(z) + β log p(x|z)."""
+    lg64 = LinearGaussian(x_dim=3, latent_dim=2, noise_scale=1.0)
+    x = lg64.sample(6)
+    exact = lg64.log_marginal(x)
+    lg = float32(lg64)
+    res = ais(lg.model, lg.scaled_guide(2.0), x.float(), num_steps=300, num_chains=64, seed=0, init="prior",
+              gradient_precision="bfloat16")
+    assert res.gradient_precision == "bfloat16" and res.init == "prior"
+    err = res.per_datapoint - exact
+    assert abs(float(err.mean())) < 0.05 and float(err.abs().max()) < 0.2, err
+    assert float(res.accept_rate.mean()) > 0.6
+
+
 def test_bfloat16_with_the_exact_posterior_guide_every_chain_is_log_marginal():
     lg64 = LinearGaussian(x_dim=5, latent_dim=3)
     x = lg64.sample(4)
