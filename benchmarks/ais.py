@@ -213,11 +213,6 @@ def gemm_gflops(dtype: torch.dtype = torch.float32, repeats: int = 7) -> dict[st
             "gflops": flops / best / 1e9}
 
 
-def sgemm_gflops(repeats: int = 7) -> dict[str, Any]:
-    """The float32 ``gemm_gflops`` (the machine's single-precision matmul throughput)."""
-    return gemm_gflops(torch.float32, repeats)
-
-
 def matmul_flops(vae: Any, rows: int, num_steps: int, num_leapfrog: int, kind: str) -> dict[str, float]:
     """Decoder matmul FLOPs of one AIS call by precision (see the module docstring); ``kind``:
     ``"hand"``, ``"full"`` or ``"bfloat16"``."""

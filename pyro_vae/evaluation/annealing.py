@@ -494,11 +494,8 @@ class _Target:
             if self.bfloat16:
                 stack.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
             leaves = {k: v.detach().requires_grad_(True) for k, v in u.items()}
-            out = self._gradients(self._densities(leaves), leaves, beta)
-        if beta is not None:
-            return {k: v.to(u[k].dtype) for k, v in out.items()}
-        gA, gB = out
-        return ({k: v.to(u[k].dtype) for k, v in gA.items()}, {k: v.to(u[k].dtype) for k, v in gB.items()})
+            # (autograd returns each leaf's gradient in the leaf's dtype, also under autocast)
+            return self._gradients(self._densities(leaves), leaves, beta)
 
     def values(self, u: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact A and B at ``u`` (no gradients): the Metropolis test's and the weights' densities."""
