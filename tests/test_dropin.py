@@ -170,14 +170,8 @@ def test_program_bug_is_not_blamed_on_broadcasting():
 def test_sequential_particles_equal_vectorized_in_expectation_with_freebits():
     seq = O.FreeBits(O.ELBO(num_particles=2, vectorize_particles=False), 2.0)
     vec = O.FreeBits(O.ELBO(num_particles=2, vectorize_particles=True), 2.0)
-    _agree(lambda: -seq.loss(masked_index_guide_free_model, masked_index_guide_free, X),
-           lambda: -vec.loss(masked_index_guide_free_model, masked_index_guide_free, X))
-
-
-def masked_index_guide_free_model(x):
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    _agree(lambda: -seq.loss(param_in_plate_model, masked_index_guide_free, X),
+           lambda: -vec.loss(param_in_plate_model, masked_index_guide_free, X))
 
 
 def masked_index_guide_free(x):

@@ -45,6 +45,13 @@ from ..vae import data_plate, declare_params
 _MIN_SCALE = 1e-4
 
 
+def _check_sizes(**sizes: int) -> None:
+    """Each size must be a positive integer (the structured models' dimensions)."""
+    for key, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{key} must be a positive integer, got {v!r}")
+
+
 class ConditionalNormal(nn.Module):
     """N(μ(h), diag σ(h)²) of dimension ``out_dim`` given features h: an MLP with two heads,
     σ = softplus(·) + 1e-4. The building block of the conditional priors p(z_l | z_{l+1}),
@@ -229,9 +236,7 @@ class ConditionalVAE(nn.Module):
         decoder: Decoder | None = None,
     ) -> None:
         super().__init__()
-        for key, v in (("x_dim", x_dim), ("context_dim", context_dim), ("latent_dim", latent_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        _check_sizes(x_dim=x_dim, context_dim=context_dim, latent_dim=latent_dim)
         self.x_dim, self.context_dim, self.latent_dim = x_dim, context_dim, latent_dim
         self.encoder = encoder if encoder is not None else DiagNormalEncoder(x_dim + context_dim, latent_dim, hidden, activation)
         self.decoder = decoder if decoder is not None else BernoulliDecoder(latent_dim + context_dim, x_dim, hidden, activation)

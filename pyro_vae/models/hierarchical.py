@@ -55,14 +55,13 @@ from ..encoders import Encoder
 from ..nn import MLP, Linear
 from ..priors import StandardNormalPrior
 from ..vae import data_plate, declare_params
-from .conditional import _MIN_SCALE, ConditionalNormal
+from .conditional import _MIN_SCALE, ConditionalNormal, _check_sizes
 
 INFERENCE = ("bottom_up", "top_down")
 
 
 def _check_layers(x_dim: int, latent_dims: Sequence[int], hidden: Sequence[Sequence[int]], inference: str) -> None:
-    if isinstance(x_dim, bool) or not isinstance(x_dim, int) or x_dim < 1:
-        raise ValueError(f"x_dim must be a positive integer, got {x_dim!r}")
+    _check_sizes(x_dim=x_dim)
     if len(latent_dims) < 2:
         raise ValueError(
             f"a hierarchical VAE needs at least 2 stochastic layers, got latent_dims={tuple(latent_dims)}; "

@@ -51,7 +51,7 @@ from ..encoders import DiagNormalEncoder, Encoder
 from ..nn import MLP
 from ..priors import StandardNormalPrior
 from ..vae import data_plate, declare_params
-from .conditional import broadcast_cat, check_labels
+from .conditional import _check_sizes, broadcast_cat, check_labels
 
 
 class Classifier(nn.Module):
@@ -111,9 +111,7 @@ class SemiSupervisedVAE(nn.Module):
         encoder: Encoder | None = None,
     ) -> None:
         super().__init__()
-        for key, v in (("x_dim", x_dim), ("num_classes", num_classes), ("latent_dim", latent_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        _check_sizes(x_dim=x_dim, num_classes=num_classes, latent_dim=latent_dim)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (a label with one value carries nothing), got {num_classes}")
         self.x_dim, self.num_classes, self.latent_dim = x_dim, num_classes, latent_dim
